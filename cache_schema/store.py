@@ -1,0 +1,223 @@
+"""Create, resume and write a KeyDiff3D Zarr v3 store, one whole shard at a time.
+
+Crash safety rests on two facts: zarr's LocalStore writes every file to a temporary
+name and renames it into place (a file is either old or new, never half), and
+`write_shard` writes the status chunk of a shard LAST. A killed writer therefore
+leaves its samples pending, never done-but-partial, and a rerun redoes the shard.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from cache_schema.codecs import compressors_for
+from cache_schema.errors import CacheError, SchemaMismatchError, StoreNotFoundError
+from cache_schema.layout import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_PENDING,
+    ArraySpec,
+    CacheLayout,
+)
+from cache_schema.metadata import ATTRS_KEY, StoreMetadata, digest
+
+BOOKKEEPING = ("sample_id", "status", "failure_reason")
+
+
+def inputs_digest(sample_ids: Sequence[str]) -> str:
+    return digest(list(sample_ids))
+
+
+class CacheStore:
+    """A KeyDiff3D store on the local file system (or any zarr store path)."""
+
+    def __init__(self, path: Path, group: zarr.Group, metadata: StoreMetadata, writable: bool):
+        self.path = path
+        self.group = group
+        self.metadata = metadata
+        self.writable = writable
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        metadata: StoreMetadata,
+        sample_ids: Sequence[str],
+        overwrite: bool = False,
+    ) -> CacheStore:
+        """A new store with every array allocated and every sample pending."""
+        path = Path(path)
+        layout = metadata.layout
+        if len(sample_ids) != layout.num_samples:
+            raise CacheError(
+                f"{len(sample_ids)} sample ids for a layout of {layout.num_samples} samples"
+            )
+        if len(set(sample_ids)) != len(sample_ids):
+            raise CacheError("sample ids must be unique")
+        if path.exists():
+            if not overwrite:
+                raise CacheError(f"{path} exists; pass overwrite=True to replace it")
+            shutil.rmtree(path)
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        for spec in layout.arrays().values():
+            _create_array(group, spec)
+        group["sample_id"][:] = np.asarray(sample_ids, dtype=str)
+        # Metadata goes last: a store without it is never mistaken for a usable one.
+        group.attrs[ATTRS_KEY] = metadata.to_dict()
+        return cls(path, group, metadata, writable=True)
+
+    @classmethod
+    def open(cls, path: str | Path, writable: bool = False) -> CacheStore:
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise StoreNotFoundError(f"{path}: no zarr v3 group here (zarr.json missing)")
+        group = zarr.open_group(str(path), mode="r+" if writable else "r", zarr_format=3)
+        attrs = group.attrs.asdict()
+        if ATTRS_KEY not in attrs:
+            raise StoreNotFoundError(
+                f"{path}: a zarr group but not a finished KeyDiff3D store (no '{ATTRS_KEY}' "
+                "attributes); it was interrupted while being created, use --overwrite"
+            )
+        metadata = StoreMetadata.from_dict(attrs[ATTRS_KEY], where=str(path))
+        return cls(path, group, metadata, writable)
+
+    def check_compatible(self, expected: StoreMetadata, sample_ids: Sequence[str]) -> None:
+        """Refuse to resume onto a store made with another config, model or input list."""
+        if expected.fingerprint != self.metadata.fingerprint:
+            diff = _diff_keys(expected.to_dict(), self.metadata.to_dict())
+            raise SchemaMismatchError(
+                f"{self.path} was made with a different model or config (fingerprint "
+                f"{self.metadata.fingerprint[:12]} vs {expected.fingerprint[:12]}; differs in: "
+                f"{', '.join(diff) or 'unknown'}); pass --overwrite to start afresh"
+            )
+        if inputs_digest(sample_ids) != self.metadata.inputs_digest:
+            raise SchemaMismatchError(
+                f"{self.path} holds a different list of input images "
+                f"({self.layout.num_samples} stored vs {len(sample_ids)} given); pass "
+                "--overwrite to start afresh or --out another store"
+            )
+
+    # -- reading -----------------------------------------------------------------
+    @property
+    def layout(self) -> CacheLayout:
+        return self.metadata.layout
+
+    def array(self, name: str) -> zarr.Array:
+        node = self.group[name]
+        if not isinstance(node, zarr.Array):
+            raise CacheError(f"{self.path}: {name} is a group, not an array")
+        return node
+
+    def sample_ids(self) -> np.ndarray:
+        return np.asarray(self.array("sample_id")[:].tolist(), dtype=str)
+
+    def statuses(self) -> np.ndarray:
+        return np.asarray(self.array("status")[:], dtype=np.uint8)
+
+    def failure_reasons(self) -> np.ndarray:
+        return np.asarray(self.array("failure_reason")[:].tolist(), dtype=str)
+
+    def shards_to_do(self, retry_failed: bool = False) -> list[int]:
+        """Shards holding a sample that still has to be generated."""
+        status = self.statuses()
+        todo = []
+        for shard in range(self.layout.num_shards):
+            start, stop = self.layout.shard_range(shard)
+            part = status[start:stop]
+            if np.any(part == STATUS_PENDING) or (retry_failed and np.any(part == STATUS_FAILED)):
+                todo.append(shard)
+        return todo
+
+    def read_rows(self, start: int, stop: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        return {name: np.asarray(self.array(name)[start:stop]) for name in names}
+
+    def data_array_names(self) -> list[str]:
+        return [name for name in self.layout.arrays() if name not in BOOKKEEPING]
+
+    # -- writing -----------------------------------------------------------------
+    def write_shard(
+        self,
+        shard: int,
+        rows: Mapping[str, np.ndarray],
+        status: np.ndarray,
+        reasons: Sequence[str],
+    ) -> None:
+        """Write every data array of one shard, then its reasons, then its status.
+
+        rows: array name -> (S_shard, ...) for every data array of the layout; rows of
+        failed samples are written as given (zeros by convention).
+        """
+        if not self.writable:
+            raise CacheError(f"{self.path} was opened read-only")
+        start, stop = self.layout.shard_range(shard)
+        count = stop - start
+        specs = self.layout.arrays()
+        missing = set(self.data_array_names()) - set(rows)
+        if missing:
+            raise CacheError(f"write_shard({shard}) misses arrays: {sorted(missing)}")
+        status = np.asarray(status, dtype=np.uint8)
+        if status.shape != (count,) or len(reasons) != count:
+            raise CacheError(
+                f"write_shard({shard}): status {status.shape} / reasons {len(reasons)} for "
+                f"{count} samples"
+            )
+        for name, value in rows.items():
+            spec = specs.get(name)
+            if spec is None:
+                raise CacheError(f"write_shard({shard}): unknown array {name!r}")
+            expected = (count, *spec.shape[1:])
+            if tuple(value.shape) != expected:
+                raise CacheError(
+                    f"write_shard({shard}): {name} has shape {tuple(value.shape)}, "
+                    f"expected {expected}"
+                )
+            self.array(name)[start:stop] = np.asarray(value, dtype=spec.dtype)
+        self.array("failure_reason")[start:stop] = np.asarray(list(reasons), dtype=str)
+        self.array("status")[start:stop] = status
+
+    def remove_partial_files(self) -> list[Path]:
+        """Delete the temporary files a killed writer left behind; returns them."""
+        found = sorted(self.path.rglob("*.partial"))
+        for item in found:
+            item.unlink(missing_ok=True)
+        return found
+
+    def bytes_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def _create_array(group: zarr.Group, spec: ArraySpec) -> zarr.Array:
+    dtype: object = str if spec.dtype == "str" else spec.dtype
+    return group.create_array(
+        spec.name,
+        shape=spec.shape,
+        dtype=dtype,
+        chunks=spec.chunks,
+        shards=spec.shards,
+        compressors=compressors_for(spec.kind),
+        dimension_names=spec.dims,
+        fill_value="" if spec.dtype == "str" else 0,
+    )
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested dicts differ (fingerprint and digests excluded)."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in ("fingerprint", "inputs_digest"):
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(prefix + key)
+    return out
+
+
+__all__ = ["CacheStore", "inputs_digest", "STATUS_DONE"]
