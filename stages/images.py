@@ -1,0 +1,161 @@
+"""Read input images of any common mode and prepare them the way SV3D expects.
+
+Preparation: foreground mask (alpha, or the difference from a plain background),
+background made white, object centred in a square whose side is the bounding box's
+longer side divided by `object_fraction`, resized to the model resolution. The square
+(`crop_box`) is kept so results map back to the source pixels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from stages.errors import ImageLoadError
+
+SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image in RGB on white with its foreground mask."""
+
+    rgb: np.ndarray
+    """(H, W, 3) uint8, background white."""
+    mask: np.ndarray
+    """(H, W) bool foreground."""
+    mode: str
+    """PIL mode the file was stored in (for the record)."""
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """The model-ready square image and how it maps back to the source."""
+
+    image: np.ndarray
+    """(3, S, S) uint8 RGB on white."""
+    mask: np.ndarray
+    """(S, S) uint8, 1 = foreground."""
+    crop_box: np.ndarray
+    """(3,) float64: x0, y0, side of the square in source pixels; a point (u, v) of the
+    prepared image is (x0 + u * side / S, y0 + v * side / S) in the source."""
+    source_size: np.ndarray
+    """(2,) int32: source width and height."""
+
+
+def load_image(path: str | Path, background_threshold: int, max_pixels: int) -> LoadedImage:
+    """Decode `path` into RGB on white plus a mask; raise ImageLoadError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageLoadError(
+                        f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds "
+                        f"max_image_pixels = {max_pixels / 1e6:.0f} MP"
+                    )
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                mode = img.mode
+                rgba = _to_rgba(img)
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"{path}: not a readable image ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+
+    alpha = rgba[..., 3]
+    color = rgba[..., :3].astype(np.float32)
+    if alpha.min() < 255:
+        mask = alpha >= 128
+        a = alpha[..., None].astype(np.float32) / 255.0
+        rgb = color * a + 255.0 * (1.0 - a)
+    else:
+        mask = background_mask(rgba[..., :3], background_threshold)
+        rgb = np.where(mask[..., None], color, 255.0)
+    if not mask.any():
+        raise ImageLoadError(f"{path}: no foreground found (empty alpha or plain image)")
+    return LoadedImage(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), mask, mode)
+
+
+def _to_rgba(img: Image.Image) -> np.ndarray:
+    """(H, W, 4) uint8 from any PIL mode; 16-bit and float greys are rescaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or grey.max() > 255 else 255.0
+        if img.mode == "F":
+            top = max(float(grey.max()), 1.0)
+        grey8 = np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.dstack([grey8, grey8, grey8, np.full_like(grey8, 255)])
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGBA"), dtype=np.uint8)
+
+
+def background_mask(rgb: np.ndarray, threshold: int) -> np.ndarray:
+    """Foreground of an image on a plain background (the median colour of its border).
+
+    rgb: (H, W, 3) uint8. Returns (H, W) bool.
+    """
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
+    background = np.median(border, axis=0)
+    diff = np.abs(rgb.astype(np.int16) - background[None, None]).max(axis=-1)
+    return _majority3(diff > threshold)
+
+
+def white_background_mask(view: np.ndarray, threshold: int) -> np.ndarray:
+    """Foreground of a generated view on white. view: (3, H, W) uint8 -> (H, W) uint8."""
+    darkness = 255 - view.astype(np.int16).min(axis=0)
+    return _majority3(darkness > threshold).astype(np.uint8)
+
+
+def _majority3(mask: np.ndarray) -> np.ndarray:
+    """3x3 majority vote: drops isolated pixels and fills pinholes."""
+    padded = np.pad(mask.astype(np.uint8), 1, mode="edge")
+    h, w = mask.shape
+    votes = sum(padded[i : i + h, j : j + w] for i in range(3) for j in range(3))
+    return votes >= 5
+
+
+def prepare_image(loaded: LoadedImage, size: int, object_fraction: float) -> PreparedImage:
+    """Centre the object in a white square and resize it to `size`."""
+    ys, xs = np.nonzero(loaded.mask)
+    x_lo, x_hi = xs.min(), xs.max() + 1
+    y_lo, y_hi = ys.min(), ys.max() + 1
+    side = int(np.ceil(max(x_hi - x_lo, y_hi - y_lo) / object_fraction))
+    x0 = int(round((x_lo + x_hi - side) / 2.0))
+    y0 = int(round((y_lo + y_hi - side) / 2.0))
+
+    height, width = loaded.mask.shape
+    canvas = np.full((side, side, 3), 255, dtype=np.uint8)
+    canvas_mask = np.zeros((side, side), dtype=np.uint8)
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + side, width), min(y0 + side, height)
+    canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = loaded.rgb[sy0:sy1, sx0:sx1]
+    canvas_mask[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = loaded.mask[sy0:sy1, sx0:sx1]
+
+    image = Image.fromarray(canvas).resize((size, size), Image.Resampling.LANCZOS)
+    mask = Image.fromarray(canvas_mask * 255).resize((size, size), Image.Resampling.BILINEAR)
+    return PreparedImage(
+        image=np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy(),
+        mask=(np.asarray(mask) >= 128).astype(np.uint8),
+        crop_box=np.array([x0, y0, side], dtype=np.float64),
+        source_size=np.array([width, height], dtype=np.int32),
+    )
+
+
+def prepared_to_source(uv: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
+    """Map prepared-image pixel coordinates (..., 2) back to source pixels (..., 2)."""
+    x0, y0, side = crop_box
+    return np.asarray(uv, dtype=np.float64) * (side / size) + np.array([x0, y0])
