@@ -1,0 +1,323 @@
+"""SV3D-p orbit generation with decoder-feature capture at one sampler step.
+
+Follows sgm's `simple_video_sample.py` for SV3D-p: EDM Euler sampling of v, triangle
+classifier-free guidance over the orbit, zeroed image conditioning in the
+unconditional half, and VAE latents of the conditioning image that are not scaled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+
+# Private in diffusers, but it is the exact resize SVD's pipeline applies before CLIP.
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+    _resize_with_antialiasing,
+)
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from stages.errors import ConfigError
+from stages.sv3d.schedule import CaptureStep, triangle_guidance_scales
+from stages.sv3d.unet import SV3DUNetModel
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
+
+
+@dataclass
+class SV3DOutput:
+    """One generated orbit."""
+
+    frames: torch.Tensor
+    """(V, 3, H, W) float32 CPU in [0, 1]."""
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    """{'up_blocks.i': (K, C, h, w) float32 CPU}, conditional branch, capture_frames only."""
+    capture: CaptureStep | None = None
+    """The step the features were taken at; None when nothing was captured."""
+
+
+class SV3DPipeline(DiffusionPipeline):
+    """Image -> orbit of V views with SV3D-p, optionally capturing UNet decoder features."""
+
+    model_cpu_offload_seq = "image_encoder->unet->vae"
+
+    def __init__(
+        self,
+        unet: SV3DUNetModel,
+        vae: AutoencoderKLTemporalDecoder,
+        image_encoder: CLIPVisionModelWithProjection,
+        feature_extractor: CLIPImageProcessor,
+        scheduler: EulerDiscreteScheduler,
+    ):
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            vae=vae,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            scheduler=scheduler,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.attention_backend: str | None = None
+        self.set_progress_bar_config(disable=True)
+
+    @property
+    def native_resolution(self) -> int:
+        """Square image size the UNet was configured for, pixels."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def feature_layer_names(self) -> tuple[str, ...]:
+        return tuple(f"up_blocks.{i}" for i in range(len(self.unet.up_blocks)))
+
+    def feature_layer_shapes(self, resolution: int) -> dict[str, tuple[int, int, int]]:
+        """(C, h, w) of every up-block output for square images of `resolution` pixels.
+
+        Computed from the config alone: each down-sampling conv (k3, s2, p1) gives
+        ceil(h / 2), and each up-block returns to the size of the skip it meets.
+        """
+        if resolution % self.vae_scale_factor:
+            raise ConfigError(
+                f"resolution must be a multiple of {self.vae_scale_factor}, got {resolution}"
+            )
+        sizes = [resolution // self.vae_scale_factor]
+        for _ in range(len(self.unet.down_blocks) - 1):
+            sizes.append(math.ceil(sizes[-1] / 2))
+        channels = list(reversed(self.unet.config.block_out_channels))
+        n = len(self.unet.up_blocks)
+        return {
+            name: (channels[i], sizes[max(n - 2 - i, 0)], sizes[max(n - 2 - i, 0)])
+            for i, name in enumerate(self.feature_layer_names)
+        }
+
+    def sampler_sigmas(self, num_inference_steps: int) -> np.ndarray:
+        """The (S + 1,) sigmas the sampler will use, ending with 0 (for `select_capture_step`)."""
+        scheduler = EulerDiscreteScheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device="cpu")
+        return scheduler.sigmas.numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: torch.Tensor,
+        polars_rad: ArrayLike,
+        azimuths_rad: ArrayLike,
+        generator: torch.Generator,
+        num_inference_steps: int = 50,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 2.5,
+        cond_aug: float = 1e-5,
+        capture_step: int | CaptureStep | None = None,
+        capture_frames: Sequence[int] | None = None,
+        feature_layers: Sequence[str] | None = None,
+        decode_chunk_size: int = 14,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SV3DOutput:
+        """Generate the orbit.
+
+        Args:
+            image: (1, 3, H, W) in [-1, 1], white background (moved to the pipeline device).
+            polars_rad: (V,) polar angle of every frame, radians.
+            azimuths_rad: (V,) azimuth of every frame relative to the input view, radians.
+            generator: CPU generator; every random number is drawn from it in float32 on
+                the CPU, so results do not depend on the device.
+            capture_step: step index (or a `CaptureStep` from `select_capture_step` on
+                `sampler_sigmas`) whose UNet call is captured; None captures nothing.
+            capture_frames: frames to keep features for; None keeps all V.
+            feature_layers: names like 'up_blocks.1'; None takes every up-block.
+            progress: called as progress(done, total) after every step.
+
+        Returns:
+            `SV3DOutput` with frames (V, 3, H, W) and features {name: (K, C, h, w)}.
+        """
+        device = self._execution_device
+        dtype = self.unet.dtype
+
+        # 0. check inputs
+        polars = _as_frames(polars_rad, "polars_rad")
+        azimuths = _as_frames(azimuths_rad, "azimuths_rad")
+        num_frames = polars.shape[0]
+        self._check_inputs(
+            image, azimuths, num_frames, generator, num_inference_steps, decode_chunk_size
+        )
+        layers = self._check_layers(feature_layers)
+        frames_kept = list(range(num_frames)) if capture_frames is None else list(capture_frames)
+        if any(not 0 <= f < num_frames for f in frames_kept) or not frames_kept:
+            raise ConfigError(
+                f"capture_frames must be non-empty in [0, {num_frames}), got {frames_kept}"
+            )
+
+        image = image.to(device)
+
+        # 1. CLIP embedding of the clean image; zeros for the unconditional half
+        image_embeddings = self._encode_image(image, device).to(dtype)
+        image_embeddings = torch.cat([torch.zeros_like(image_embeddings), image_embeddings])
+
+        # 2. VAE latents of the noise-augmented image, mode, NOT scaled (as sgm)
+        noise = torch.randn(image.shape, generator=generator, dtype=torch.float32)
+        cond_image = image.float() + cond_aug * noise.to(device)
+        image_latents = self._encode_vae_image(cond_image).to(dtype)
+        image_latents = image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
+        image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
+
+        # 3. per-frame camera conditioning, identical in both CFG halves
+        polars_t = polars.to(device).float()[None].repeat(2, 1)
+        azimuths_t = azimuths.to(device).float()[None].repeat(2, 1)
+        cond_aug_t = torch.full((2, num_frames), float(cond_aug), device=device)
+
+        # 4. timesteps (c_noise = 0.25 log sigma) of the EDM Euler sampler
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        capture = self._resolve_capture(capture_step, num_inference_steps)
+
+        # 5. initial latents: randn * sqrt(sigma_max^2 + 1)
+        h, w = image.shape[-2] // self.vae_scale_factor, image.shape[-1] // self.vae_scale_factor
+        shape = (1, num_frames, self.vae.config.latent_channels, h, w)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        latents = (latents * self.scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+
+        # 6. triangle guidance over the orbit, (1, V, 1, 1, 1)
+        scales = triangle_guidance_scales(num_frames, min_guidance_scale, max_guidance_scale)
+        guidance = torch.tensor(scales, device=device, dtype=dtype).view(1, num_frames, 1, 1, 1)
+
+        # 7. denoising loop
+        features: dict[str, torch.Tensor] = {}
+        for i, t in enumerate(timesteps):
+            latent_model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
+
+            hooks = []
+            if capture is not None and i == capture.step_index:
+                hooks = self._register_capture_hooks(layers, frames_kept, features)
+            try:
+                v_pred = self.unet(
+                    latent_model_input,
+                    t,
+                    encoder_hidden_states=image_embeddings,
+                    cond_aug=cond_aug_t,
+                    polars_rad=polars_t,
+                    azimuths_rad=azimuths_t,
+                    return_dict=False,
+                )[0]
+            finally:
+                for hook in hooks:
+                    hook.remove()
+
+            v_uncond, v_cond = v_pred.chunk(2)
+            v_pred = v_uncond + guidance * (v_cond - v_uncond)
+            latents = self.scheduler.step(v_pred, t, latents).prev_sample
+            if progress is not None:
+                progress(i + 1, len(timesteps))
+
+        # 8. decode decode_chunk_size frames at a time with the temporal decoder
+        frames = self._decode_latents(latents[0], decode_chunk_size)
+        self.maybe_free_model_hooks()
+        return SV3DOutput(frames=frames, features=features, capture=capture)
+
+    def _check_inputs(self, image, azimuths, num_frames, generator, num_steps, chunk) -> None:
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[:2] != (1, 3):
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must be a (1, 3, H, W) tensor, got {shape}")
+        if image.shape[-2] % self.vae_scale_factor or image.shape[-1] % self.vae_scale_factor:
+            raise ValueError(
+                f"image H and W must be multiples of {self.vae_scale_factor}, got "
+                f"{tuple(image.shape[-2:])}"
+            )
+        if azimuths.shape[0] != num_frames:
+            raise ValueError(
+                f"azimuths_rad has {azimuths.shape[0]} frames, polars_rad has {num_frames}"
+            )
+        if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise ValueError("generator must be a CPU torch.Generator")
+        if num_steps < 1:
+            raise ConfigError(f"num_inference_steps must be >= 1, got {num_steps}")
+        if chunk < 1:
+            raise ConfigError(f"decode_chunk_size must be >= 1, got {chunk}")
+
+    def _check_layers(self, feature_layers: Sequence[str] | None) -> list[str]:
+        names = self.feature_layer_names
+        layers = list(names) if feature_layers is None else list(feature_layers)
+        unknown = [n for n in layers if n not in names]
+        if unknown or not layers:
+            raise ConfigError(f"feature_layers must be non-empty, from {names}; got {layers}")
+        return layers
+
+    def _resolve_capture(
+        self, capture_step: int | CaptureStep | None, num_steps: int
+    ) -> CaptureStep | None:
+        """The capture step checked against the scheduler's sigmas just set."""
+        if capture_step is None:
+            return None
+        index = capture_step if isinstance(capture_step, int) else capture_step.step_index
+        if not 0 <= index < num_steps:
+            raise ConfigError(f"capture_step must be in [0, {num_steps}), got {index}")
+        sigma = float(self.scheduler.sigmas[index])
+        if isinstance(capture_step, CaptureStep):
+            # A step chosen for another number of steps would silently mean another sigma.
+            if not math.isclose(capture_step.sigma, sigma, rel_tol=1e-4):
+                raise ConfigError(
+                    f"capture_step.sigma={capture_step.sigma} does not match the sampler's "
+                    f"sigma {sigma} at step {index} of {num_steps}"
+                )
+            return capture_step
+        return CaptureStep(index, sigma, 0.25 * math.log(sigma), None, None, "index")
+
+    def _register_capture_hooks(self, layers, frames_kept, features) -> list:
+        """Hooks storing the conditional half of each layer's output, kept frames only."""
+        handles = []
+        for name in layers:
+            block = self.unet.up_blocks[int(name.split(".")[1])]
+
+            def hook(module, args, output, name=name):
+                # (2 * V, C, h, w) with the CFG batch [uncond, cond] outermost.
+                cond = output.unflatten(0, (2, -1))[1]
+                features[name] = cond[frames_kept].float().cpu()
+
+            handles.append(block.register_forward_hook(hook))
+        return handles
+
+    def _encode_image(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """CLIP image embedding of a (1, 3, H, W) [-1, 1] image -> (1, 1, D)."""
+        crop = self.feature_extractor.crop_size
+        size = (crop["height"], crop["width"])
+        pixels = _resize_with_antialiasing(image.float(), size)
+        pixels = (pixels + 1.0) / 2.0
+        mean = torch.tensor(self.feature_extractor.image_mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.feature_extractor.image_std, device=device).view(1, 3, 1, 1)
+        pixels = ((pixels - mean) / std).to(dtype=self.image_encoder.dtype)
+        return self.image_encoder(pixels).image_embeds.unsqueeze(1)
+
+    def _encode_vae_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) -> (1, c, h, w) latent mode, upcasting an fp16 VAE as SVD does."""
+        upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        if upcast:
+            self.vae.to(dtype=torch.float32)
+        try:
+            latents = self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode()
+        finally:
+            if upcast:
+                self.vae.to(dtype=torch.float16)
+        return latents
+
+    def _decode_latents(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+        """(V, c, h, w) latents -> (V, 3, H, W) float32 CPU in [0, 1]."""
+        latents = latents / self.vae.config.scaling_factor
+        frames = []
+        for start in range(0, latents.shape[0], chunk):
+            part = latents[start : start + chunk].to(self.vae.dtype)
+            frames.append(self.vae.decode(part, num_frames=part.shape[0]).sample.float().cpu())
+        return ((torch.cat(frames) + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _as_frames(values: ArrayLike, name: str) -> torch.Tensor:
+    """(V,) float32 CPU tensor from numpy, a tensor or a sequence."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    t = torch.from_numpy(np.array(values, dtype=np.float32))
+    if t.ndim != 1 or t.shape[0] < 1:
+        raise ValueError(f"{name} must be (V,) with V >= 1, got {tuple(t.shape)}")
+    return t

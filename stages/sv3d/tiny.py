@@ -1,0 +1,104 @@
+"""A tiny, randomly initialised SV3D-p of the real classes, for tests and dry runs.
+
+64 px images, a 4-level VAE (factor 8 as the real one, latents 8x8), a 4-level UNet
+like the real one, and a 32 px CLIP. Channels are 32 because diffusers' GroupNorms have
+32 groups. Latents of 8x8 rather than 16x16 keep 21 frames x 50 steps within seconds
+on 2 CPU cores. Outputs are noise-like; it exercises shapes, I/O and determinism.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from stages.sv3d.pipeline import SV3DPipeline
+from stages.sv3d.unet import SV3DUNetModel
+
+TINY_RESOLUTION = 64
+_CLIP_SIZE = 32
+_EMBED_DIM = 32
+
+# SVD's scheduler_config.json: the EDM Euler sampler of sgm's EulerEDMSampler.
+EDM_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": True,
+    "sigma_min": 0.002,
+    "sigma_max": 700.0,
+    "timestep_type": "continuous",
+    "timestep_spacing": "leading",
+    "steps_offset": 1,
+}
+
+# SVD's feature_extractor/preprocessor_config.json except the size.
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def build_tiny_sv3d(seed: int = 0) -> SV3DPipeline:
+    """A seeded tiny SV3D-p pipeline on the CPU in float32; global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = SV3DUNetModel(
+            sample_size=TINY_RESOLUTION // 8,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            cross_attention_dim=_EMBED_DIM,
+            num_attention_heads=(2, 2, 2, 2),
+            camera_embed_dims=(16, 32, 32),
+            projection_class_embeddings_input_dim=80,
+            addition_time_embed_dim=16,
+        )
+        vae = AutoencoderKLTemporalDecoder(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            sample_size=TINY_RESOLUTION,
+        )
+        clip_config = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=_CLIP_SIZE,
+            patch_size=8,
+            projection_dim=_EMBED_DIM,
+        )
+        image_encoder = CLIPVisionModelWithProjection(clip_config)
+    feature_extractor = CLIPImageProcessor(
+        size={"shortest_edge": _CLIP_SIZE},
+        crop_size={"height": _CLIP_SIZE, "width": _CLIP_SIZE},
+        do_center_crop=True,
+        do_normalize=True,
+        do_rescale=True,
+        do_resize=True,
+        do_convert_rgb=True,
+        image_mean=_CLIP_MEAN,
+        image_std=_CLIP_STD,
+        resample=3,
+        rescale_factor=1 / 255,
+    )
+    scheduler = EulerDiscreteScheduler(**EDM_SCHEDULER_CONFIG)
+    pipe = SV3DPipeline(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        image_encoder=image_encoder.eval(),
+        feature_extractor=feature_extractor,
+        scheduler=scheduler,
+    )
+    return pipe
+
+
+def save_tiny_sv3d(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model in the layout `load_sv3d_pipeline` reads (safetensors)."""
+    out = Path(out_dir)
+    build_tiny_sv3d(seed).save_pretrained(out, safe_serialization=True)
+    return out
