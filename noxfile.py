@@ -1,0 +1,45 @@
+"""Developer sessions: `nox -s tests` is the CI command."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+# The CPU wheel of this release is what the project's machines have offline; installing
+# it first keeps pip from resolving a multi-GB CUDA build for `torch`.
+TORCH = "torch==2.13.0"
+
+
+def install(session: nox.Session, extras: str = "dev") -> None:
+    session.install(TORCH)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole offline test suite on CPU (about 5 minutes on 2 cores)."""
+    install(session)
+    session.run("python", "-m", "pytest", "-q", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff on the whole repository."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy on the cache format and the camera geometry."""
+    install(session)
+    session.run("mypy", "cache_schema", "stages/cameras.py", "stages/config.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Stage-one benchmarks: prints a table and writes bench-results/stage_one.json."""
+    install(session)
+    session.run("python", "benchmarks/bench_stage_one.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})

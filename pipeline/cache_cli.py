@@ -1,0 +1,199 @@
+"""`keydiff3d-cache`: stage one on the command line (thin: parse, build configs, call)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cache_schema import CacheError
+from pipeline import store_report
+from pipeline.generate import GenerateJob, run_generate
+from stages.config import GenerationConfig, OrbitConfig
+from stages.errors import StageError
+
+app = typer.Typer(
+    help="Stage one of KeyDiff3D: multi-view diffusion once per image, cached in Zarr.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option} takes comma-separated numbers, got {text!r}") from exc
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def generate(
+    images: Path = typer.Argument(..., help="Folder of images (recursive), a list file, or one image."),
+    model: Path = typer.Option(..., "--model", help="Local SV3D-p model directory (diffusers layout)."),
+    out: Path = typer.Option(..., "--out", help="Zarr store to write (created or resumed)."),
+    workers: int | None = typer.Option(None, help="Start a dask LocalCluster with N worker processes."),
+    scheduler: str | None = typer.Option(None, help="Use an existing dask scheduler, tcp://HOST:PORT."),
+    overwrite: bool = typer.Option(False, help="Delete an existing store and start afresh."),
+    retry_failed: bool = typer.Option(False, help="Also redo samples recorded as failed."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    attention: str = typer.Option("auto", help="auto | xformers | sdpa"),
+    dtype: str = typer.Option("auto", help="Model compute dtype: auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32."),
+    shard_size: int = typer.Option(16, help="Samples per shard (one task writes one shard)."),
+    seed: int = typer.Option(0, help="Base seed; each sample's noise comes from (seed, sample id)."),
+    frames: int = typer.Option(21, help="Frames in the generated orbit."),
+    elevation: float = typer.Option(10.0, help="Orbit elevation, degrees."),
+    azimuths: str | None = typer.Option(None, help="Comma-separated azimuth per frame (default: SV3D's order, input last)."),
+    keep_azimuths: str = typer.Option("0,90,180,270", help="Views kept, by azimuth (nearest frame); must start with 0."),
+    fov: float = typer.Option(33.8, help="Camera field of view, degrees."),
+    radius: float = typer.Option(2.0, help="Camera distance from the object centre."),
+    steps: int = typer.Option(50, help="Sampler steps."),
+    tau: int = typer.Option(500, help="Feature timestep on the 0..1000 scale."),
+    tau_mapping: str = typer.Option("ddpm", help="ddpm | trajectory (see README)."),
+    feature_layers: str | None = typer.Option(None, help="Comma-separated up-blocks to store (default: all)."),
+    feature_dtype: str = typer.Option("float16", help="float16 | float32"),
+    resolution: int | None = typer.Option(None, help="Image size (default: the model's native size)."),
+    object_fraction: float = typer.Option(0.85, help="Share of the square the object's longer side fills."),
+    background_threshold: int = typer.Option(20, help="Foreground threshold against the background, 0..255."),
+    min_guidance: float = typer.Option(1.0, help="Guidance scale at the orbit's ends."),
+    max_guidance: float = typer.Option(2.5, help="Guidance scale mid-orbit."),
+    cond_aug: float = typer.Option(1e-5, help="Noise augmentation of the conditioning frame."),
+    decode_chunk_size: int = typer.Option(14, help="Frames decoded at once."),
+    max_image_pixels: int = typer.Option(100_000_000, help="Larger images are recorded as failed."),
+    retries: int = typer.Option(2, help="Dask retries of a failed shard task."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Generate views and features for every image into a Zarr store (resumable)."""
+    try:
+        config = GenerationConfig(
+            orbit=OrbitConfig(
+                num_frames=frames,
+                elevation_deg=elevation,
+                azimuths_deg=_floats(azimuths, "--azimuths"),
+                kept_azimuths_deg=_floats(keep_azimuths, "--keep-azimuths") or (),
+                fov_deg=fov,
+                radius=radius,
+            ),
+            resolution=resolution,
+            num_inference_steps=steps,
+            min_guidance_scale=min_guidance,
+            max_guidance_scale=max_guidance,
+            cond_aug=cond_aug,
+            tau=tau,
+            tau_mapping=tau_mapping,
+            feature_layers=tuple(x for x in feature_layers.split(",") if x) if feature_layers else None,
+            feature_dtype=feature_dtype,
+            model_dtype=dtype,
+            object_fraction=object_fraction,
+            background_threshold=background_threshold,
+            decode_chunk_size=decode_chunk_size,
+            seed=seed,
+            max_image_pixels=max_image_pixels,
+        )
+        job = GenerateJob(
+            images=images,
+            model=model,
+            out=out,
+            config=config,
+            workers=workers,
+            scheduler=scheduler,
+            overwrite=overwrite,
+            retry_failed=retry_failed,
+            device=device,
+            attention=attention,
+            samples_per_shard=shard_size,
+            retries=retries,
+            progress=progress,
+        )
+        summary = run_generate(job)
+    except (StageError, CacheError, ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    for line in summary.lines():
+        typer.echo(line)
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+@app.command("make-tiny-model")
+def make_tiny_model(
+    directory: Path = typer.Argument(..., help="Output directory."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+) -> None:
+    """Save a tiny, randomly initialised SV3D-p of the real classes (tests, CI, demo)."""
+    from stages.sv3d.tiny import save_tiny_sv3d
+
+    path = save_tiny_sv3d(directory, seed=seed)
+    typer.echo(f"tiny SV3D-p model written to {path}")
+
+
+@app.command("convert-sv3d")
+def convert_sv3d(
+    checkpoint: Path = typer.Argument(..., help="Official sv3d_p.safetensors (generative-models layout)."),
+    out_dir: Path = typer.Argument(..., help="Output model directory (diffusers layout)."),
+    image_encoder: Path | None = typer.Option(
+        None, help="Local CLIP vision model dir, if the checkpoint has no OpenCLIP weights."
+    ),
+    dtype: str = typer.Option("float16", help="Storage dtype: float16 | float32."),
+) -> None:
+    """Convert the official SV3D-p checkpoint into the model directory `generate` loads."""
+    import torch
+
+    from stages.sv3d.convert import convert_sv3d_checkpoint
+
+    if dtype not in ("float16", "float32"):
+        _fail(f"--dtype must be float16 or float32, got {dtype!r}")
+    try:
+        path = convert_sv3d_checkpoint(
+            checkpoint, out_dir, image_encoder_dir=image_encoder, dtype=getattr(torch, dtype)
+        )
+    except (StageError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"converted {checkpoint} -> {path}")
+
+
+@app.command()
+def inspect(store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store.")) -> None:
+    """Samples by status, every array's shape, chunks, shards and compression, the config."""
+    try:
+        for line in store_report.inspect_lines(store):
+            typer.echo(line)
+    except (CacheError, OSError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def verify(store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store.")) -> None:
+    """Read every chunk back and check statuses, features and cameras; exit 1 on a problem."""
+    problems, checked = store_report.verify_store(store)
+    typer.echo(f"checked {checked} chunks of {store}")
+    for problem in problems:
+        typer.secho(f"problem: {problem}", fg=typer.colors.RED)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("ok: no problems found")
+
+
+@app.command()
+def preview(
+    store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store."),
+    out: Path = typer.Option(Path("preview.png"), "--out", help="PNG to write."),
+    samples: int = typer.Option(4, help="How many done samples to show."),
+) -> None:
+    """Input, kept views and masks of a few samples as one PNG."""
+    try:
+        path = store_report.write_preview(store, out, samples)
+    except (CacheError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"preview written to {path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,76 @@
+"""`generate` as a library call: a frozen job description in, a run summary out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.backends import SV3DBackendSpec, default_torch_threads, model_dir_exists
+from pipeline.runner import RunSummary, build_metadata, open_or_create, run_dask, run_local
+from stages.config import GenerationConfig
+from stages.sources import list_image_sources
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """One stage-one run. Only `config` changes the stored bytes."""
+
+    images: Path
+    """Folder (recursive), list file or single image."""
+    model: Path
+    """Local SV3D-p model directory."""
+    out: Path
+    """Zarr store, created or resumed."""
+    config: GenerationConfig = GenerationConfig()
+    workers: int | None = None
+    """Start a dask LocalCluster of this many worker processes."""
+    scheduler: str | None = None
+    """Address of an existing dask scheduler."""
+    overwrite: bool = False
+    retry_failed: bool = False
+    device: str = "auto"
+    attention: str = "auto"
+    samples_per_shard: int = 16
+    retries: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.scheduler is not None:
+            raise ValueError("--workers starts a local cluster and --scheduler uses an existing one: pick one")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+
+    @property
+    def parallel(self) -> bool:
+        return self.workers is not None or self.scheduler is not None
+
+
+def run_generate(job: GenerateJob) -> RunSummary:
+    """Create or resume the store and generate every unfinished shard."""
+    model_dir_exists(str(job.model))
+    sources = list_image_sources(job.images)
+    spec = SV3DBackendSpec(
+        model_dir=str(Path(job.model).resolve()),
+        config=job.config,
+        device=job.device,
+        attention=job.attention,
+        torch_threads=default_torch_threads(job.workers or 1) if job.parallel else 0,
+    )
+    metadata = build_metadata(spec, sources, job.samples_per_shard, str(job.images))
+    store = open_or_create(Path(job.out), metadata, sources, job.overwrite)
+    summary = RunSummary(store=Path(job.out), total=len(sources), bytes_before=store.bytes_on_disk())
+    shards = store.shards_to_do(job.retry_failed)
+    queued = sum(stop - start for start, stop in map(store.layout.shard_range, shards))
+    tic = time.perf_counter()
+    if job.parallel:
+        run_dask(
+            store, shards, sources, spec, job.retry_failed, summary, job.workers, job.scheduler,
+            job.retries, job.progress,
+        )
+    else:
+        run_local(store, shards, sources, spec, job.retry_failed, summary, job.progress)
+    summary.skipped += len(sources) - queued
+    summary.seconds = time.perf_counter() - tic
+    summary.bytes_after = store.bytes_on_disk()
+    return summary

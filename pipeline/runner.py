@@ -1,0 +1,227 @@
+"""Run stage one over a store: plan shards, execute them locally or on dask, summarise."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from cache_schema import CacheLayout, CacheStore, StoreMetadata, inputs_digest
+from pipeline.backends import SV3DBackendSpec, get_backend
+from stages.sources import ImageSource
+from stages.stage_one import ShardReport, write_shard
+
+
+@dataclass
+class RunSummary:
+    """What a generate run did, for the closing summary and for tests."""
+
+    store: Path
+    total: int
+    done: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    shards: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    """Shards whose task raised (after retries); their samples stay pending."""
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, report: ShardReport) -> None:
+        self.done += report.done
+        self.failed.extend(report.failed)
+        self.skipped += report.skipped
+        self.shards += 1
+
+    def lines(self) -> list[str]:
+        out = [
+            f"store      {self.store}",
+            f"samples    {self.total} total: {self.done} done now, {len(self.failed)} failed, "
+            f"{self.skipped} skipped (finished earlier)",
+            f"throughput {self.samples_per_second:.2f} samples/s over {self.seconds:.1f} s "
+            f"({self.shards} shards)",
+            f"written    {(self.bytes_after - self.bytes_before) / 1e6:.2f} MB "
+            f"(store now {self.bytes_after / 1e6:.2f} MB)",
+        ]
+        for sample_id, reason in self.failed:
+            out.append(f"failed     {sample_id}: {reason}")
+        for shard, error in self.errors:
+            out.append(f"error      shard {shard} (left pending, rerun to retry): {error}")
+        return out
+
+
+def build_metadata(
+    spec: SV3DBackendSpec, sources: Sequence[ImageSource], samples_per_shard: int, source_label: str
+) -> StoreMetadata:
+    """Store metadata for an SV3D run (loads the backend in this process)."""
+    backend = get_backend(spec)
+    config = spec.resolved_config()
+    config = dataclasses.replace(config, resolution=backend.image_size())
+    orbit = config.orbit
+    layout = CacheLayout(
+        num_samples=len(sources),
+        image_size=backend.image_size(),
+        num_views=orbit.num_kept_views,
+        feature_layers=backend.feature_layers(),
+        feature_dtype=config.feature_dtype,
+        samples_per_shard=samples_per_shard,
+    )
+    cameras: dict[str, Any] = {
+        "convention": "world +z up, object at origin; OpenCV cameras (x right, y down, z "
+        "forward); pixel (0,0) is the top-left corner of the top-left pixel",
+        "frame_azimuths_deg": orbit.frame_azimuths_deg().tolist(),
+        "frame_elevations_deg": orbit.frame_elevations_deg().tolist(),
+        "kept_frames": list(orbit.kept_frame_indices()),
+        "fov_deg": orbit.fov_deg,
+        "radius": orbit.radius,
+    }
+    capture = getattr(backend, "capture_record", lambda: None)()
+    return StoreMetadata(
+        layout=layout,
+        generation=config.to_dict(),
+        model=spec.model_record(),
+        source={"backend": backend.name, "inputs": source_label},
+        cameras=cameras,
+        capture=capture,
+        inputs_digest=inputs_digest([s.sample_id for s in sources]),
+    )
+
+
+def open_or_create(
+    out: Path, metadata: StoreMetadata, sources: Sequence[ImageSource], overwrite: bool
+) -> CacheStore:
+    """Resume a compatible store, refuse an incompatible one, or create a new one."""
+    ids = [s.sample_id for s in sources]
+    if out.exists() and not overwrite:
+        store = CacheStore.open(out, writable=True)
+        store.check_compatible(metadata, ids)
+        store.remove_partial_files()
+        return store
+    return CacheStore.create(out, metadata, ids, overwrite=overwrite)
+
+
+def run_local(
+    store: CacheStore,
+    shards: Sequence[int],
+    sources: Sequence[ImageSource],
+    spec: SV3DBackendSpec,
+    retry_failed: bool,
+    summary: RunSummary,
+    progress: bool = True,
+) -> None:
+    """All shards in this process, one after the other."""
+    backend = get_backend(spec)
+    todo = sum(_shard_len(store, s) for s in shards)
+    with tqdm(total=todo, desc="stage one", unit="img", disable=not progress) as bar:
+        for shard in shards:
+            start, stop = store.layout.shard_range(shard)
+            report = write_shard(
+                store,
+                shard,
+                sources[start:stop],
+                backend,
+                spec.config,
+                retry_failed,
+                on_sample=lambda _id, _what: bar.update(1),
+            )
+            summary.add(report)
+
+
+def run_shard_task(
+    store_path: str,
+    shard: int,
+    sources: list[ImageSource],
+    spec: SV3DBackendSpec,
+    retry_failed: bool,
+) -> ShardReport:
+    """One dask task: one whole shard, with the backend built once per worker."""
+    store = CacheStore.open(store_path, writable=True)
+    return write_shard(store, shard, sources, get_backend(spec), spec.config, retry_failed)
+
+
+def run_dask(
+    store: CacheStore,
+    shards: Sequence[int],
+    sources: Sequence[ImageSource],
+    spec: SV3DBackendSpec,
+    retry_failed: bool,
+    summary: RunSummary,
+    workers: int | None,
+    scheduler: str | None,
+    retries: int = 2,
+    progress: bool = True,
+) -> None:
+    """Shards as dask tasks on a LocalCluster (`workers`) or an existing cluster (`scheduler`)."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=workers or 1,
+            threads_per_worker=1,
+            processes=True,
+            resources={"GPU": 1} if spec.uses_gpu() else None,
+            dashboard_address=None,
+        )
+    try:
+        with Client(cluster if cluster is not None else scheduler) as client:
+            _submit_and_collect(client, store, shards, sources, spec, retry_failed, summary, retries, progress)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _submit_and_collect(
+    client: Any,
+    store: CacheStore,
+    shards: Sequence[int],
+    sources: Sequence[ImageSource],
+    spec: SV3DBackendSpec,
+    retry_failed: bool,
+    summary: RunSummary,
+    retries: int,
+    progress: bool,
+) -> None:
+    from dask.distributed import as_completed
+
+    resources = {"GPU": 1} if spec.uses_gpu() else None
+    futures = {}
+    for shard in shards:
+        start, stop = store.layout.shard_range(shard)
+        future = client.submit(
+            run_shard_task,
+            str(store.path),
+            shard,
+            list(sources[start:stop]),
+            spec,
+            retry_failed,
+            key=f"keydiff3d-shard-{shard}-{store.metadata.fingerprint[:8]}-{time.time_ns()}",
+            retries=retries,
+            resources=resources,
+            pure=False,
+        )
+        futures[future] = (shard, stop - start)
+    total = sum(n for _, n in futures.values())
+    with tqdm(total=total, desc="stage one", unit="img", disable=not progress) as bar:
+        for future in as_completed(futures):
+            shard, count = futures[future]
+            try:
+                summary.add(future.result())
+            except Exception as exc:  # noqa: BLE001 - reported; the shard stays pending
+                summary.errors.append((shard, f"{type(exc).__name__}: {exc}"))
+            bar.update(count)
+
+
+def _shard_len(store: CacheStore, shard: int) -> int:
+    start, stop = store.layout.shard_range(shard)
+    return stop - start

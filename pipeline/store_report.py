@@ -1,0 +1,172 @@
+"""`inspect`, `verify` and `preview` of a store: what people look at before trusting a cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from cache_schema import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_NAMES,
+    CacheError,
+    CacheStore,
+)
+
+
+def _stored_bytes(store: CacheStore, name: str) -> int:
+    root = store.path / name
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def inspect_lines(path: Path) -> list[str]:
+    """A human-readable description of a store."""
+    store = CacheStore.open(path)
+    meta = store.metadata
+    status = store.statuses()
+    counts = {name: int(np.sum(status == code)) for code, name in STATUS_NAMES.items()}
+    lines = [
+        f"store          {path}",
+        f"schema         v{meta.schema_version}  fingerprint {meta.fingerprint[:16]}",
+        f"backend        {meta.source.get('backend')}  inputs {meta.source.get('inputs')}",
+        f"model          {meta.model.get('path', meta.model.get('model_dir', '-'))}",
+        f"samples        {len(status)}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+        f"shards         {meta.layout.num_shards} x {meta.layout.samples_per_shard} samples",
+        "",
+        f"{'array':34s} {'shape':26s} {'dtype':8s} {'chunks':22s} {'shards':22s} "
+        f"{'stored':>10s} {'raw':>10s} {'ratio':>6s}",
+    ]
+    total_stored = total_raw = 0
+    for name, spec in meta.layout.arrays().items():
+        array = store.array(name)
+        stored = _stored_bytes(store, name)
+        raw = int(np.prod(spec.shape)) * (np.dtype(spec.dtype).itemsize if spec.dtype != "str" else 0)
+        total_stored += stored
+        total_raw += raw
+        ratio = f"{raw / stored:6.2f}" if stored and raw else "     -"
+        lines.append(
+            f"{name:34s} {str(tuple(array.shape)):26s} {spec.dtype:8s} {str(spec.chunks):22s} "
+            f"{str(spec.shards or '-'):22s} {stored / 1e6:9.2f}M {raw / 1e6:9.2f}M {ratio}"
+        )
+    lines.append(f"{'total':34s} {'':26s} {'':8s} {'':22s} {'':22s} {total_stored / 1e6:9.2f}M {total_raw / 1e6:9.2f}M")
+    failed = np.flatnonzero(status == STATUS_FAILED)
+    if failed.size:
+        reasons = store.failure_reasons()
+        ids = store.sample_ids()
+        lines += ["", "failed samples:"] + [f"  {ids[i]}: {reasons[i]}" for i in failed[:20]]
+        if failed.size > 20:
+            lines.append(f"  ... and {failed.size - 20} more")
+    lines += ["", "generation config:", json.dumps(meta.generation, indent=2, sort_keys=True)]
+    if meta.capture:
+        lines += ["feature capture:", json.dumps(meta.capture, indent=2, sort_keys=True)]
+    lines += ["cameras:", json.dumps(meta.cameras, indent=2, sort_keys=True)]
+    return lines
+
+
+def verify_store(path: Path) -> tuple[list[str], int]:
+    """Read every chunk back and check the contents. Returns (problems, chunks read)."""
+    try:
+        store = CacheStore.open(path)
+    except CacheError as exc:
+        return [str(exc)], 0
+    problems: list[str] = []
+    partial = sorted(store.path.rglob("*.partial"))
+    if partial:
+        problems.append(
+            f"{len(partial)} temporary files left by a killed writer (e.g. {partial[0]}); "
+            "rerunning generate removes them"
+        )
+    layout = store.layout
+    checked = 0
+    try:
+        status = store.statuses()
+        reasons = store.failure_reasons()
+    except Exception as exc:  # noqa: BLE001 - a damaged status chunk is a finding
+        return problems + [f"status/failure_reason unreadable: {exc}"], checked
+    bad_status = np.setdiff1d(np.unique(status), list(STATUS_NAMES))
+    if bad_status.size:
+        problems.append(f"status holds unknown codes {bad_status.tolist()}")
+    for i in np.flatnonzero((status == STATUS_FAILED) & (reasons == "")):
+        problems.append(f"sample {i} is failed without a reason")
+    for name, spec in layout.arrays().items():
+        array = store.array(name)
+        for shard in range(layout.num_shards):
+            start, stop = layout.shard_range(shard)
+            try:
+                block = np.asarray(array[start:stop])
+            except Exception as exc:  # noqa: BLE001 - checksum or decode errors are findings
+                problems.append(f"{name} shard {shard} (samples {start}..{stop - 1}) unreadable: {exc}")
+                continue
+            checked += 1 if spec.shards or spec.chunks[0] > 1 else stop - start
+            done = status[start:stop] == STATUS_DONE
+            if not done.any() or spec.kind == "text":
+                continue
+            problems += _check_block(name, block[done], start + np.flatnonzero(done), store)
+    return problems, checked
+
+
+def _check_block(name: str, block: np.ndarray, indices: np.ndarray, store: CacheStore) -> list[str]:
+    """Content checks of the done samples of one shard of one array."""
+    out: list[str] = []
+    if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
+        bad = indices[~np.isfinite(block.reshape(len(block), -1)).all(axis=1)]
+        out.append(f"{name}: NaN or inf in samples {bad[:5].tolist()}")
+        return out
+    size = store.layout.image_size
+    if name == "intrinsics":
+        fx, fy, cx, cy = block[..., 0, 0], block[..., 1, 1], block[..., 0, 2], block[..., 1, 2]
+        if np.any(fx <= 0) or np.any(fy <= 0) or np.any((cx < 0) | (cx > size) | (cy < 0) | (cy > size)):
+            out.append(f"intrinsics: non-positive focal or principal point outside the image in {indices[:5].tolist()}")
+    elif name == "world_to_camera":
+        rot = block[..., :3, :3].astype(np.float64)
+        eye = np.einsum("...ij,...kj->...ik", rot, rot)
+        if np.abs(eye - np.eye(3)).max() > 1e-3 or np.abs(np.linalg.det(rot) - 1).max() > 1e-3:
+            out.append("world_to_camera: rotation part is not a proper rotation")
+        if np.abs(block[..., 3, :] - np.array([0, 0, 0, 1])).max() > 1e-6:
+            out.append("world_to_camera: last row is not (0, 0, 0, 1)")
+        radius = store.metadata.cameras.get("radius")
+        if radius is not None:
+            centers = -np.einsum("...ji,...j->...i", rot, block[..., :3, 3])
+            dist = np.linalg.norm(centers, axis=-1)
+            if np.abs(dist - radius).max() > 1e-3 * max(radius, 1.0):
+                out.append(f"world_to_camera: camera distance {dist.min():.3f}..{dist.max():.3f} != radius {radius}")
+    elif name in ("view_masks", "input_mask"):
+        if block.max() > 1:
+            out.append(f"{name}: values other than 0/1")
+    elif name == "views" and np.any(block.reshape(len(block), -1).max(axis=1) == 0):
+        out.append("views: a done sample has all-black views")
+    return out
+
+
+def write_preview(path: Path, out: Path, samples: int = 4, min_tile: int = 128) -> Path:
+    """One PNG: per done sample, the input, every kept view and every view mask."""
+    store = CacheStore.open(path)
+    done = np.flatnonzero(store.statuses() == STATUS_DONE)[:samples]
+    if done.size == 0:
+        raise CacheError(f"{path}: no done samples to preview")
+    ids = store.sample_ids()
+    size = store.layout.image_size
+    tile = max(size, min_tile)
+    k = store.layout.num_views
+    label_h = 14
+    grid = Image.new("RGB", ((1 + 2 * k) * tile, len(done) * (tile + label_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    azimuths = store.metadata.cameras.get("frame_azimuths_deg")
+    kept = store.metadata.cameras.get("kept_frames")
+    for row, index in enumerate(done):
+        data = {n: np.asarray(store.array(n)[index]) for n in ("input_image", "views", "view_masks")}
+        tiles = [data["input_image"]] + list(data["views"]) + [np.repeat(m[None] * 255, 3, 0) for m in data["view_masks"]]
+        top = row * (tile + label_h)
+        for col, chw in enumerate(tiles):
+            img = Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0)).astype(np.uint8))
+            grid.paste(img.resize((tile, tile), Image.Resampling.NEAREST), (col * tile, top + label_h))
+        draw.text((2, top), f"{ids[index]}  (input | views | masks)", fill="black")
+        if azimuths and kept:
+            for v in range(k):
+                draw.text(((1 + v) * tile + 2, top + label_h + 2), f"az {azimuths[kept[v]]:.0f}", fill="red")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    return out
