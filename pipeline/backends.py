@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,13 @@ class SV3DBackendSpec:
         )
         return SV3DBackend(pipe, config, device)
 
+    def describe(self) -> ViewBackend:
+        """The backend's structure (sizes, feature layers, capture step) without weights."""
+        from stages.sv3d.backend import SV3DBackend
+        from stages.sv3d.loading import load_sv3d_skeleton
+
+        return SV3DBackend(load_sv3d_skeleton(self.model_dir), self.resolved_config(), torch.device("cpu"))
+
     def model_record(self) -> dict[str, Any]:
         from stages.sv3d.loading import model_identity
 
@@ -78,12 +84,6 @@ def get_backend(spec: SV3DBackendSpec) -> ViewBackend:
     if key not in _BUILT:
         _BUILT[key] = spec.build()
     return _BUILT[key]
-
-
-def default_torch_threads(workers: int) -> int:
-    """Split the machine's cores between worker processes instead of oversubscribing."""
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, workers))
 
 
 def model_dir_exists(model_dir: str) -> Path:

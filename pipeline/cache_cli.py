@@ -46,6 +46,7 @@ def generate(
     attention: str = typer.Option("auto", help="auto | xformers | sdpa"),
     dtype: str = typer.Option("auto", help="Model compute dtype: auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32."),
     shard_size: int = typer.Option(16, help="Samples per shard (one task writes one shard)."),
+    threads: int = typer.Option(1, help="Torch CPU threads per process (bytes are reproducible at a fixed count)."),
     seed: int = typer.Option(0, help="Base seed; each sample's noise comes from (seed, sample id)."),
     frames: int = typer.Option(21, help="Frames in the generated orbit."),
     elevation: float = typer.Option(10.0, help="Orbit elevation, degrees."),
@@ -108,6 +109,7 @@ def generate(
             device=device,
             attention=attention,
             samples_per_shard=shard_size,
+            threads=threads,
             retries=retries,
             progress=progress,
         )

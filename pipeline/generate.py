@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backends import SV3DBackendSpec, default_torch_threads, model_dir_exists
+from pipeline.backends import SV3DBackendSpec, model_dir_exists
 from pipeline.runner import RunSummary, build_metadata, open_or_create, run_dask, run_local
 from stages.config import GenerationConfig
 from stages.sources import list_image_sources
@@ -32,12 +32,18 @@ class GenerateJob:
     device: str = "auto"
     attention: str = "auto"
     samples_per_shard: int = 16
+    threads: int = 1
+    """Torch intra-op threads per process. CPU kernels split reductions by thread count,
+    so the stored bytes are only reproducible at a fixed count; use --workers to spread
+    work over cores instead."""
     retries: int = 2
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.scheduler is not None:
             raise ValueError("--workers starts a local cluster and --scheduler uses an existing one: pick one")
+        if self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
 
@@ -55,7 +61,7 @@ def run_generate(job: GenerateJob) -> RunSummary:
         config=job.config,
         device=job.device,
         attention=job.attention,
-        torch_threads=default_torch_threads(job.workers or 1) if job.parallel else 0,
+        torch_threads=job.threads,
     )
     metadata = build_metadata(spec, sources, job.samples_per_shard, str(job.images))
     store = open_or_create(Path(job.out), metadata, sources, job.overwrite)

@@ -63,8 +63,8 @@ class RunSummary:
 def build_metadata(
     spec: SV3DBackendSpec, sources: Sequence[ImageSource], samples_per_shard: int, source_label: str
 ) -> StoreMetadata:
-    """Store metadata for an SV3D run (loads the backend in this process)."""
-    backend = get_backend(spec)
+    """Store metadata for an SV3D run, from the model's configs (no weights loaded)."""
+    backend = spec.describe()
     config = spec.resolved_config()
     config = dataclasses.replace(config, resolution=backend.image_size())
     orbit = config.orbit

@@ -162,7 +162,10 @@ def write_preview(path: Path, out: Path, samples: int = 4, min_tile: int = 128) 
         top = row * (tile + label_h)
         for col, chw in enumerate(tiles):
             img = Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0)).astype(np.uint8))
-            grid.paste(img.resize((tile, tile), Image.Resampling.NEAREST), (col * tile, top + label_h))
+            left = col * tile
+            grid.paste(img.resize((tile, tile), Image.Resampling.NEAREST), (left, top + label_h))
+            # a frame, so that an all-white mask does not vanish into the page
+            draw.rectangle([left, top + label_h, left + tile - 1, top + label_h + tile - 1], outline="grey")
         draw.text((2, top), f"{ids[index]}  (input | views | masks)", fill="black")
         if azimuths and kept:
             for v in range(k):

@@ -1069,7 +1069,8 @@ def _check_image_encoder_dir(src: Path, configs: SV3DConfigs) -> None:
 
 def _write_small_components(root: Path) -> dict[str, tuple[str, str]]:
     from diffusers import EulerDiscreteScheduler
-    from transformers import CLIPImageProcessor
+
+    from stages.sv3d.pipeline import CLIPImageProcessor
 
     scheduler = EulerDiscreteScheduler(**SCHEDULER_CONFIG)
     scheduler.save_pretrained(root / "scheduler")

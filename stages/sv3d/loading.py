@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
 from diffusers.models.attention_processor import AttnProcessor2_0
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers import CLIPVisionModelWithProjection
 
 from stages.config import MODEL_DTYPES
 from stages.errors import ConfigError, ModelLoadError
-from stages.sv3d.pipeline import SV3DPipeline
+from stages.sv3d.hub_logging import quiet_hub_logging
+from stages.sv3d.pipeline import CLIPImageProcessor, SV3DPipeline
 from stages.sv3d.unet import SV3DUNetModel
 
 ATTENTION_BACKENDS = ("auto", "xformers", "sdpa")
@@ -60,22 +61,23 @@ def load_sv3d_pipeline(
     backend = _choose_attention(attention, device)
 
     try:
-        # torch_dtype at load time lets diffusers keep any fp32-only modules in fp32.
-        unet = SV3DUNetModel.from_pretrained(
-            root, subfolder="unet", local_files_only=True, torch_dtype=dtype
-        )
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(
-            root, subfolder="vae", local_files_only=True, torch_dtype=dtype
-        )
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-            root / "image_encoder", local_files_only=True
-        ).to(dtype)
-        feature_extractor = CLIPImageProcessor.from_pretrained(
-            root / "feature_extractor", local_files_only=True
-        )
-        scheduler = EulerDiscreteScheduler.from_pretrained(
-            root, subfolder="scheduler", local_files_only=True
-        )
+        with quiet_hub_logging():
+            # torch_dtype at load time lets diffusers keep any fp32-only modules in fp32.
+            unet = SV3DUNetModel.from_pretrained(
+                root, subfolder="unet", local_files_only=True, torch_dtype=dtype
+            )
+            vae = AutoencoderKLTemporalDecoder.from_pretrained(
+                root, subfolder="vae", local_files_only=True, torch_dtype=dtype
+            )
+            image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+                root / "image_encoder", local_files_only=True, dtype=dtype
+            )
+            feature_extractor = CLIPImageProcessor.from_pretrained(
+                root / "feature_extractor", local_files_only=True
+            )
+            scheduler = EulerDiscreteScheduler.from_pretrained(
+                root, subfolder="scheduler", local_files_only=True
+            )
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"cannot load SV3D-p from {root}: {err}") from err
     _check_scheduler(scheduler, root)
@@ -95,6 +97,28 @@ def load_sv3d_pipeline(
             model.set_attn_processor(AttnProcessor2_0())
     pipe.attention_backend = backend
     return pipe
+
+
+def load_sv3d_skeleton(model_dir: str | Path) -> SV3DPipeline:
+    """The pipeline's structure without its weights (UNet and VAE on the meta device).
+
+    Enough for `feature_layer_shapes`, `native_resolution` and `sampler_sigmas`, so a
+    coordinator can lay out a store without loading gigabytes it will not run.
+    """
+    root = _check_layout(model_dir)
+    try:
+        with quiet_hub_logging(), torch.device("meta"):
+            unet = SV3DUNetModel.from_config(SV3DUNetModel.load_config(root / "unet"))
+            vae = AutoencoderKLTemporalDecoder.from_config(
+                AutoencoderKLTemporalDecoder.load_config(root / "vae")
+            )
+        scheduler = EulerDiscreteScheduler.from_pretrained(
+            root, subfolder="scheduler", local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"cannot read the SV3D-p configs in {root}: {err}") from err
+    _check_scheduler(scheduler, root)
+    return SV3DPipeline(unet, vae, None, None, scheduler)
 
 
 def model_identity(model_dir: str | Path) -> dict[str, Any]:

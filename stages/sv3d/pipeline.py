@@ -13,17 +13,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import transformers.utils.logging as transformers_logging
 from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+from transformers import CLIPVisionModelWithProjection
 
-# Private in diffusers, but it is the exact resize SVD's pipeline applies before CLIP.
-from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
-    _resize_with_antialiasing,
-)
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+try:  # transformers >= 5: the plain name needs torchvision and warns when falling back
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # pragma: no cover - transformers < 5
+    from transformers import CLIPImageProcessor  # type: ignore[assignment,no-redef]
 
 from stages.errors import ConfigError
 from stages.sv3d.schedule import CaptureStep, triangle_guidance_scales
 from stages.sv3d.unet import SV3DUNetModel
+
+# Private in diffusers, but it is the exact resize SVD's pipeline applies before CLIP.
+# Importing that module makes transformers warn about torchvision once; we never use
+# the torchvision processor, so the notice is muted for the import only.
+_verbosity = transformers_logging.get_verbosity()
+transformers_logging.set_verbosity_error()
+try:
+    from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (  # noqa: E402
+        _resize_with_antialiasing,
+    )
+finally:
+    transformers_logging.set_verbosity(_verbosity)
+
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from stages.sv3d.pipeline import SV3DPipeline
+from stages.sv3d.hub_logging import quiet_hub_logging
+from stages.sv3d.pipeline import CLIPImageProcessor, SV3DPipeline
 from stages.sv3d.unet import SV3DUNetModel
 
 TINY_RESOLUTION = 64
@@ -100,5 +101,6 @@ def build_tiny_sv3d(seed: int = 0) -> SV3DPipeline:
 def save_tiny_sv3d(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny model in the layout `load_sv3d_pipeline` reads (safetensors)."""
     out = Path(out_dir)
-    build_tiny_sv3d(seed).save_pretrained(out, safe_serialization=True)
+    with quiet_hub_logging():
+        build_tiny_sv3d(seed).save_pretrained(out, safe_serialization=True)
     return out
