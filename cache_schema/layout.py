@@ -153,7 +153,14 @@ class CacheLayout:
             j = gt.num_joints
             if gt.has_3d:
                 out.append(
-                    _data(GROUND_TRUTH_PREFIX + "joints_3d", (n, j, 3), "float32", ("sample", "joint", "xyz"), s, "small")
+                    _data(
+                        GROUND_TRUTH_PREFIX + "joints_3d",
+                        (n, j, 3),
+                        "float32",
+                        ("sample", "joint", "xyz"),
+                        s,
+                        "small",
+                    )
                 )
             if gt.has_2d:
                 out.append(

@@ -38,8 +38,7 @@ class CacheReader:
             have = [layer.name for layer in meta.layout.feature_layers]
             if list(expected_feature_layers) != have:
                 raise SchemaMismatchError(
-                    f"{path}: feature layers {have} differ from the expected "
-                    f"{list(expected_feature_layers)}"
+                    f"{path}: feature layers {have} differ from the expected {list(expected_feature_layers)}"
                 )
         self._status = self.store.statuses()
 
@@ -91,17 +90,13 @@ class CacheReader:
             raise CacheError(f"{self.path} has no ground truth")
         idx = np.asarray(indices, dtype=np.int64)
         self._check_done(idx)
-        return {
-            n[len(GROUND_TRUTH_PREFIX) :]: np.asarray(self.store.array(n).oindex[idx]) for n in names
-        }
+        return {n[len(GROUND_TRUTH_PREFIX) :]: np.asarray(self.store.array(n).oindex[idx]) for n in names}
 
     def _check_request(self, idx: np.ndarray, arrays: Sequence[str]) -> None:
         known = self.layout.arrays()
         for name in arrays:
             if name.startswith(GROUND_TRUTH_PREFIX):
-                raise CacheError(
-                    f"{name} is ground truth; use read_ground_truth (evaluation only)"
-                )
+                raise CacheError(f"{name} is ground truth; use read_ground_truth (evaluation only)")
             if name not in known or name in BOOKKEEPING:
                 raise CacheError(f"{self.path}: no data array {name!r}; have {sorted(known)}")
         self._check_done(idx)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -55,9 +56,7 @@ class CacheStore:
         path = Path(path)
         layout = metadata.layout
         if len(sample_ids) != layout.num_samples:
-            raise CacheError(
-                f"{len(sample_ids)} sample ids for a layout of {layout.num_samples} samples"
-            )
+            raise CacheError(f"{len(sample_ids)} sample ids for a layout of {layout.num_samples} samples")
         if len(set(sample_ids)) != len(sample_ids):
             raise CacheError("sample ids must be unique")
         if path.exists():
@@ -67,10 +66,11 @@ class CacheStore:
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         for spec in layout.arrays().values():
             _create_array(group, spec)
-        group["sample_id"][:] = np.asarray(sample_ids, dtype=str)
+        store = cls(path, group, metadata, writable=True)
+        store.array("sample_id")[:] = np.asarray(sample_ids, dtype=str)
         # Metadata goes last: a store without it is never mistaken for a usable one.
         group.attrs[ATTRS_KEY] = metadata.to_dict()
-        return cls(path, group, metadata, writable=True)
+        return store
 
     @classmethod
     def open(cls, path: str | Path, writable: bool = False) -> CacheStore:
@@ -84,7 +84,10 @@ class CacheStore:
                 f"{path}: a zarr group but not a finished KeyDiff3D store (no '{ATTRS_KEY}' "
                 "attributes); it was interrupted while being created, use --overwrite"
             )
-        metadata = StoreMetadata.from_dict(attrs[ATTRS_KEY], where=str(path))
+        raw = attrs[ATTRS_KEY]
+        if not isinstance(raw, dict):
+            raise StoreNotFoundError(f"{path}: '{ATTRS_KEY}' attributes are not a mapping")
+        metadata = StoreMetadata.from_dict(raw, where=str(path))
         return cls(path, group, metadata, writable)
 
     def check_compatible(self, expected: StoreMetadata, sample_ids: Sequence[str]) -> None:
@@ -115,13 +118,13 @@ class CacheStore:
         return node
 
     def sample_ids(self) -> np.ndarray:
-        return np.asarray(self.array("sample_id")[:].tolist(), dtype=str)
+        return _strings(self.array("sample_id")[:])
 
     def statuses(self) -> np.ndarray:
         return np.asarray(self.array("status")[:], dtype=np.uint8)
 
     def failure_reasons(self) -> np.ndarray:
-        return np.asarray(self.array("failure_reason")[:].tolist(), dtype=str)
+        return _strings(self.array("failure_reason")[:])
 
     def shards_to_do(self, retry_failed: bool = False) -> list[int]:
         """Shards holding a sample that still has to be generated."""
@@ -164,8 +167,7 @@ class CacheStore:
         status = np.asarray(status, dtype=np.uint8)
         if status.shape != (count,) or len(reasons) != count:
             raise CacheError(
-                f"write_shard({shard}): status {status.shape} / reasons {len(reasons)} for "
-                f"{count} samples"
+                f"write_shard({shard}): status {status.shape} / reasons {len(reasons)} for {count} samples"
             )
         for name, value in rows.items():
             spec = specs.get(name)
@@ -174,8 +176,7 @@ class CacheStore:
             expected = (count, *spec.shape[1:])
             if tuple(value.shape) != expected:
                 raise CacheError(
-                    f"write_shard({shard}): {name} has shape {tuple(value.shape)}, "
-                    f"expected {expected}"
+                    f"write_shard({shard}): {name} has shape {tuple(value.shape)}, expected {expected}"
                 )
             self.array(name)[start:stop] = np.asarray(value, dtype=spec.dtype)
         self.array("failure_reason")[start:stop] = np.asarray(list(reasons), dtype=str)
@@ -192,8 +193,14 @@ class CacheStore:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
+def _strings(values: object) -> np.ndarray:
+    """Fixed-width str array from zarr's variable-length strings (StringDType)."""
+    # numpy cannot cast StringDType to an unsized str dtype directly.
+    return np.asarray(np.asarray(values, dtype=object).tolist(), dtype=str)
+
+
 def _create_array(group: zarr.Group, spec: ArraySpec) -> zarr.Array:
-    dtype: object = str if spec.dtype == "str" else spec.dtype
+    dtype: Any = str if spec.dtype == "str" else spec.dtype
     return group.create_array(
         spec.name,
         shape=spec.shape,

@@ -44,20 +44,30 @@ def generate(
     retry_failed: bool = typer.Option(False, help="Also redo samples recorded as failed."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     attention: str = typer.Option("auto", help="auto | xformers | sdpa"),
-    dtype: str = typer.Option("auto", help="Model compute dtype: auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32."),
+    dtype: str = typer.Option(
+        "auto", help="Model compute dtype: auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32."
+    ),
     shard_size: int = typer.Option(16, help="Samples per shard (one task writes one shard)."),
-    threads: int = typer.Option(1, help="Torch CPU threads per process (bytes are reproducible at a fixed count)."),
+    threads: int = typer.Option(
+        1, help="Torch CPU threads per process (bytes are reproducible at a fixed count)."
+    ),
     seed: int = typer.Option(0, help="Base seed; each sample's noise comes from (seed, sample id)."),
     frames: int = typer.Option(21, help="Frames in the generated orbit."),
     elevation: float = typer.Option(10.0, help="Orbit elevation, degrees."),
-    azimuths: str | None = typer.Option(None, help="Comma-separated azimuth per frame (default: SV3D's order, input last)."),
-    keep_azimuths: str = typer.Option("0,90,180,270", help="Views kept, by azimuth (nearest frame); must start with 0."),
+    azimuths: str | None = typer.Option(
+        None, help="Comma-separated azimuth per frame (default: SV3D's order, input last)."
+    ),
+    keep_azimuths: str = typer.Option(
+        "0,90,180,270", help="Views kept, by azimuth (nearest frame); must start with 0."
+    ),
     fov: float = typer.Option(33.8, help="Camera field of view, degrees."),
     radius: float = typer.Option(2.0, help="Camera distance from the object centre."),
     steps: int = typer.Option(50, help="Sampler steps."),
     tau: int = typer.Option(500, help="Feature timestep on the 0..1000 scale."),
     tau_mapping: str = typer.Option("ddpm", help="ddpm | trajectory (see README)."),
-    feature_layers: str | None = typer.Option(None, help="Comma-separated up-blocks to store (default: all)."),
+    feature_layers: str | None = typer.Option(
+        None, help="Comma-separated up-blocks to store (default: all)."
+    ),
     feature_dtype: str = typer.Option("float16", help="float16 | float32"),
     resolution: int | None = typer.Option(None, help="Image size (default: the model's native size)."),
     object_fraction: float = typer.Option(0.85, help="Share of the square the object's longer side fills."),

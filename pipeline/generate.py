@@ -41,7 +41,9 @@ class GenerateJob:
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.scheduler is not None:
-            raise ValueError("--workers starts a local cluster and --scheduler uses an existing one: pick one")
+            raise ValueError(
+                "--workers starts a local cluster and --scheduler uses an existing one: pick one"
+            )
         if self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.workers is not None and self.workers < 1:
@@ -71,8 +73,16 @@ def run_generate(job: GenerateJob) -> RunSummary:
     tic = time.perf_counter()
     if job.parallel:
         run_dask(
-            store, shards, sources, spec, job.retry_failed, summary, job.workers, job.scheduler,
-            job.retries, job.progress,
+            store,
+            shards,
+            sources,
+            spec,
+            job.retry_failed,
+            summary,
+            job.workers,
+            job.scheduler,
+            job.retries,
+            job.progress,
         )
     else:
         run_local(store, shards, sources, spec, job.retry_failed, summary, job.progress)

@@ -175,7 +175,9 @@ def run_dask(
         )
     try:
         with Client(cluster if cluster is not None else scheduler) as client:
-            _submit_and_collect(client, store, shards, sources, spec, retry_failed, summary, retries, progress)
+            _submit_and_collect(
+                client, store, shards, sources, spec, retry_failed, summary, retries, progress
+            )
     finally:
         if cluster is not None:
             cluster.close()

@@ -51,7 +51,9 @@ def inspect_lines(path: Path) -> list[str]:
             f"{name:34s} {str(tuple(array.shape)):26s} {spec.dtype:8s} {str(spec.chunks):22s} "
             f"{str(spec.shards or '-'):22s} {stored / 1e6:9.2f}M {raw / 1e6:9.2f}M {ratio}"
         )
-    lines.append(f"{'total':34s} {'':26s} {'':8s} {'':22s} {'':22s} {total_stored / 1e6:9.2f}M {total_raw / 1e6:9.2f}M")
+    lines.append(
+        f"{'total':34s} {'':26s} {'':8s} {'':22s} {'':22s} {total_stored / 1e6:9.2f}M {total_raw / 1e6:9.2f}M"
+    )
     failed = np.flatnonzero(status == STATUS_FAILED)
     if failed.size:
         reasons = store.failure_reasons()
@@ -119,7 +121,10 @@ def _check_block(name: str, block: np.ndarray, indices: np.ndarray, store: Cache
     if name == "intrinsics":
         fx, fy, cx, cy = block[..., 0, 0], block[..., 1, 1], block[..., 0, 2], block[..., 1, 2]
         if np.any(fx <= 0) or np.any(fy <= 0) or np.any((cx < 0) | (cx > size) | (cy < 0) | (cy > size)):
-            out.append(f"intrinsics: non-positive focal or principal point outside the image in {indices[:5].tolist()}")
+            out.append(
+                "intrinsics: non-positive focal or principal point outside the image in "
+                f"{indices[:5].tolist()}"
+            )
     elif name == "world_to_camera":
         rot = block[..., :3, :3].astype(np.float64)
         eye = np.einsum("...ij,...kj->...ik", rot, rot)
@@ -132,7 +137,9 @@ def _check_block(name: str, block: np.ndarray, indices: np.ndarray, store: Cache
             centers = -np.einsum("...ji,...j->...i", rot, block[..., :3, 3])
             dist = np.linalg.norm(centers, axis=-1)
             if np.abs(dist - radius).max() > 1e-3 * max(radius, 1.0):
-                out.append(f"world_to_camera: camera distance {dist.min():.3f}..{dist.max():.3f} != radius {radius}")
+                out.append(
+                    f"world_to_camera: camera distance {dist.min():.3f}..{dist.max():.3f} != radius {radius}"
+                )
     elif name in ("view_masks", "input_mask"):
         if block.max() > 1:
             out.append(f"{name}: values other than 0/1")
@@ -158,7 +165,11 @@ def write_preview(path: Path, out: Path, samples: int = 4, min_tile: int = 128) 
     kept = store.metadata.cameras.get("kept_frames")
     for row, index in enumerate(done):
         data = {n: np.asarray(store.array(n)[index]) for n in ("input_image", "views", "view_masks")}
-        tiles = [data["input_image"]] + list(data["views"]) + [np.repeat(m[None] * 255, 3, 0) for m in data["view_masks"]]
+        tiles = (
+            [data["input_image"]]
+            + list(data["views"])
+            + [np.repeat(m[None] * 255, 3, 0) for m in data["view_masks"]]
+        )
         top = row * (tile + label_h)
         for col, chw in enumerate(tiles):
             img = Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0)).astype(np.uint8))

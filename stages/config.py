@@ -50,13 +50,11 @@ class OrbitConfig:
             raise ConfigError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.azimuths_deg is not None and len(self.azimuths_deg) != self.num_frames:
             raise ConfigError(
-                f"azimuths_deg has {len(self.azimuths_deg)} values, expected num_frames="
-                f"{self.num_frames}"
+                f"azimuths_deg has {len(self.azimuths_deg)} values, expected num_frames={self.num_frames}"
             )
         if not self.kept_azimuths_deg or abs(_wrap(self.kept_azimuths_deg[0])) > 1e-9:
             raise ConfigError(
-                "kept_azimuths_deg must start with 0 (the input view), got "
-                f"{self.kept_azimuths_deg}"
+                f"kept_azimuths_deg must start with 0 (the input view), got {self.kept_azimuths_deg}"
             )
         if not 0.0 < self.fov_deg < 180.0:
             raise ConfigError(f"fov_deg must be in (0, 180), got {self.fov_deg}")
@@ -114,8 +112,9 @@ class GenerationConfig:
     """Feature timestep on the 0..1000 DDPM scale (KeyDiff3D: 500)."""
     tau_mapping: str = "ddpm"
     """How tau becomes a sampler step: 'ddpm' matches the noise level sigma(tau) of the
-    SD/SVD training schedule; 'trajectory' takes the step at fraction tau/1000 of the
-    way from pure noise. The step actually used is recorded in the store."""
+    SD/SVD training schedule; 'trajectory' takes the step at fraction 1 - tau/1000 of
+    the sampler's steps (tau = 1000 is the first, pure-noise step). The step actually
+    used is recorded in the store."""
     feature_layers: tuple[str, ...] | None = None
     """Decoder blocks to store (e.g. 'up_blocks.1'); None stores every up-block."""
     feature_dtype: str = "float16"
@@ -143,9 +142,7 @@ class GenerationConfig:
         if not 0 <= self.tau <= 1000:
             raise ConfigError(f"tau must be in [0, 1000], got {self.tau}")
         if self.feature_dtype not in FEATURE_DTYPES:
-            raise ConfigError(
-                f"feature_dtype must be one of {FEATURE_DTYPES}, got {self.feature_dtype!r}"
-            )
+            raise ConfigError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {self.feature_dtype!r}")
         if self.model_dtype not in MODEL_DTYPES:
             raise ConfigError(f"model_dtype must be one of {MODEL_DTYPES}, got {self.model_dtype!r}")
         if self.num_inference_steps < 1:
@@ -153,9 +150,7 @@ class GenerationConfig:
         if not 0.1 <= self.object_fraction <= 1.0:
             raise ConfigError(f"object_fraction must be in [0.1, 1], got {self.object_fraction}")
         if not 0 <= self.background_threshold < 255:
-            raise ConfigError(
-                f"background_threshold must be in [0, 255), got {self.background_threshold}"
-            )
+            raise ConfigError(f"background_threshold must be in [0, 255), got {self.background_threshold}")
         if self.decode_chunk_size < 1:
             raise ConfigError(f"decode_chunk_size must be >= 1, got {self.decode_chunk_size}")
         if self.resolution is not None and self.resolution < 8:

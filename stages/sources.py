@@ -27,14 +27,10 @@ def list_image_sources(source: str | Path) -> list[ImageSource]:
     """
     source = Path(source)
     if source.is_dir():
-        found = sorted(
-            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-        )
+        found = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
         items = [ImageSource(p.relative_to(source).as_posix(), p) for p in found]
         if not items:
-            raise ConfigError(
-                f"{source}: no images ({', '.join(SUPPORTED_SUFFIXES)}) found in this folder"
-            )
+            raise ConfigError(f"{source}: no images ({', '.join(SUPPORTED_SUFFIXES)}) found in this folder")
         return items
     if not source.is_file():
         raise ConfigError(f"{source}: no such folder, list file or image")

@@ -25,8 +25,12 @@ LAYERS = (FeatureLayerSpec("up_blocks.0", 8, 4, 4), FeatureLayerSpec("up_blocks.
 
 def make_metadata(n=5, per_shard=2, gt=None, **generation):
     layout = CacheLayout(
-        num_samples=n, image_size=16, num_views=3, feature_layers=LAYERS,
-        samples_per_shard=per_shard, ground_truth=gt,
+        num_samples=n,
+        image_size=16,
+        num_views=3,
+        feature_layers=LAYERS,
+        samples_per_shard=per_shard,
+        ground_truth=gt,
     )
     ids = [f"img{i}.png" for i in range(n)]
     meta = StoreMetadata(
@@ -155,14 +159,18 @@ def test_bad_writes_and_paths_raise_clear_errors(tmp_path):
     store = CacheStore.create(tmp_path / "c.zarr", meta, ids)
     rows = shard_rows(store, 0, 1)
     rows["views"] = rows["views"][:, :2]
-    with pytest.raises(CacheError, match=r"views has shape \(2, 2, 3, 16, 16\), expected \(2, 3, 3, 16, 16\)"):
+    with pytest.raises(
+        CacheError, match=r"views has shape \(2, 2, 3, 16, 16\), expected \(2, 3, 3, 16, 16\)"
+    ):
         store.write_shard(0, rows, np.array([1, 1]), ["", ""])
     with pytest.raises(StoreNotFoundError, match="zarr.json missing"):
         CacheStore.open(tmp_path / "nothing.zarr")
     with pytest.raises(CacheError, match="unique"):
         CacheStore.create(tmp_path / "d.zarr", meta, ["a"] * 5)
     with pytest.raises(CacheError, match="read-only"):
-        CacheStore.open(tmp_path / "c.zarr").write_shard(0, shard_rows(store, 0, 1), np.array([1, 1]), ["", ""])
+        CacheStore.open(tmp_path / "c.zarr").write_shard(
+            0, shard_rows(store, 0, 1), np.array([1, 1]), ["", ""]
+        )
 
 
 def test_xarray_opens_the_store(tmp_path):

@@ -15,15 +15,34 @@ FAST = ["--frames", "8", "--steps", "4", "--decode-chunk-size", "8", "--no-progr
 def test_generate_inspect_verify_preview(tmp_path, tiny_model_dir, good_images):
     runner = CliRunner()
     out = tmp_path / "cli.zarr"
-    result = runner.invoke(app, ["generate", str(good_images), "--model", str(tiny_model_dir), "--out", str(out), *FAST])
+    result = runner.invoke(
+        app, ["generate", str(good_images), "--model", str(tiny_model_dir), "--out", str(out), *FAST]
+    )
     assert result.exit_code == 0, result.output
     assert "6 done now, 0 failed" in result.output and "samples/s" in result.output
 
-    again = runner.invoke(app, ["generate", str(good_images), "--model", str(tiny_model_dir), "--out", str(out), *FAST])
+    again = runner.invoke(
+        app, ["generate", str(good_images), "--model", str(tiny_model_dir), "--out", str(out), *FAST]
+    )
     assert again.exit_code == 0 and "0 done now, 0 failed, 6 skipped" in again.output
 
-    other = runner.invoke(app, ["generate", str(good_images), "--model", str(tiny_model_dir), "--out", str(out), *FAST, "--tau", "300"])
-    assert other.exit_code == 2 and "different model or config" in other.output and "--overwrite" in other.output
+    other = runner.invoke(
+        app,
+        [
+            "generate",
+            str(good_images),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            *FAST,
+            "--tau",
+            "300",
+        ],
+    )
+    assert (
+        other.exit_code == 2 and "different model or config" in other.output and "--overwrite" in other.output
+    )
 
     inspected = runner.invoke(app, ["inspect", str(out)])
     assert inspected.exit_code == 0
@@ -40,11 +59,40 @@ def test_generate_inspect_verify_preview(tmp_path, tiny_model_dir, good_images):
 
 def test_bad_arguments_name_the_problem(tmp_path, tiny_model_dir, good_images):
     runner = CliRunner()
-    missing = runner.invoke(app, ["generate", str(good_images), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x.zarr")])
+    missing = runner.invoke(
+        app,
+        ["generate", str(good_images), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x.zarr")],
+    )
     assert missing.exit_code == 2 and "nope" in missing.output and "make-tiny-model" in missing.output
-    both = runner.invoke(app, ["generate", str(good_images), "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.zarr"), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    both = runner.invoke(
+        app,
+        [
+            "generate",
+            str(good_images),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "x.zarr"),
+            "--workers",
+            "2",
+            "--scheduler",
+            "tcp://127.0.0.1:1",
+        ],
+    )
     assert both.exit_code == 2 and "pick one" in both.output
-    keep = runner.invoke(app, ["generate", str(good_images), "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.zarr"), "--keep-azimuths", "90,180"])
+    keep = runner.invoke(
+        app,
+        [
+            "generate",
+            str(good_images),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "x.zarr"),
+            "--keep-azimuths",
+            "90,180",
+        ],
+    )
     assert keep.exit_code == 2 and "must start with 0" in keep.output
     nothing = runner.invoke(app, ["verify", str(tmp_path / "none.zarr")])
     assert nothing.exit_code == 1 and "zarr.json missing" in nothing.output

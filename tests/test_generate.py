@@ -24,8 +24,9 @@ FAST = GenerationConfig(orbit=OrbitConfig(num_frames=8), num_inference_steps=4, 
 
 
 def job(tmp_path, images, model, name="c.zarr", **overrides):
-    fields = dict(images=images, model=model, out=tmp_path / name, config=FAST,
-                  samples_per_shard=2, progress=False)
+    fields = dict(
+        images=images, model=model, out=tmp_path / name, config=FAST, samples_per_shard=2, progress=False
+    )
     fields.update(overrides)
     return GenerateJob(**fields)
 
@@ -52,8 +53,9 @@ def mixed_images(tmp_path):
 
 def test_tiny_model_end_to_end_records_bad_inputs_and_keeps_the_rest(tmp_path, tiny_model_dir, mixed_images):
     folder, bad = mixed_images
-    summary = run_generate(job(tmp_path, folder, tiny_model_dir,
-                               config=dataclasses.replace(FAST, max_image_pixels=10_000_000)))
+    summary = run_generate(
+        job(tmp_path, folder, tiny_model_dir, config=dataclasses.replace(FAST, max_image_pixels=10_000_000))
+    )
     assert summary.done == 6 and summary.errors == []
     failed = dict(summary.failed)
     assert set(failed) == {f"bad/{p.name}" for p in bad.values()}
@@ -66,7 +68,9 @@ def test_tiny_model_end_to_end_records_bad_inputs_and_keeps_the_rest(tmp_path, t
     assert [layer.name for layer in meta.layout.feature_layers] == [f"up_blocks.{i}" for i in range(4)]
     done = reader.done_indices()
     assert len(done) == 6
-    batch = reader.read_batch(done, ["input_image", "input_mask", "views", "view_masks"] + reader.feature_array_names())
+    batch = reader.read_batch(
+        done, ["input_image", "input_mask", "views", "view_masks"] + reader.feature_array_names()
+    )
     assert batch["views"].shape == (6, 4, 3, 64, 64)
     assert np.array_equal(batch["views"][:, 0], batch["input_image"])  # view 0 is the input
     assert np.array_equal(batch["view_masks"][:, 0], batch["input_mask"])
@@ -74,7 +78,9 @@ def test_tiny_model_end_to_end_records_bad_inputs_and_keeps_the_rest(tmp_path, t
         assert batch[name].dtype == np.float16 and np.isfinite(batch[name]).all()
         assert np.abs(batch[name]).max() > 0
     status = reader.store.statuses()
-    assert (status[[i for i, s in enumerate(reader.sample_ids()) if s.startswith("bad/")]] == STATUS_FAILED).all()
+    assert (
+        status[[i for i, s in enumerate(reader.sample_ids()) if s.startswith("bad/")]] == STATUS_FAILED
+    ).all()
     problems, checked = verify_store(tmp_path / "c.zarr")
     assert problems == [] and checked > 0
 
@@ -85,10 +91,17 @@ def test_stored_cameras_project_a_known_geometry_onto_the_right_pixels(tmp_path,
     sample = reader.read_sample(int(reader.done_indices()[0]), ["intrinsics", "world_to_camera"])
     cams = reader.store.metadata.cameras
     size = reader.layout.image_size
-    uv, _ = project_points(SPHERES, sample["intrinsics"].astype(np.float64), sample["world_to_camera"].astype(np.float64))
+    uv, _ = project_points(
+        SPHERES, sample["intrinsics"].astype(np.float64), sample["world_to_camera"].astype(np.float64)
+    )
     for view, frame in enumerate(cams["kept_frames"]):
-        masks = raycast_spheres(cams["frame_elevations_deg"][frame], cams["frame_azimuths_deg"][frame],
-                                cams["radius"], cams["fov_deg"], size)
+        masks = raycast_spheres(
+            cams["frame_elevations_deg"][frame],
+            cams["frame_azimuths_deg"][frame],
+            cams["radius"],
+            cams["fov_deg"],
+            size,
+        )
         for index, mask in enumerate(masks):
             u, v = np.floor(uv[view, index]).astype(int)
             assert mask[v, u], (view, index)
@@ -141,13 +154,30 @@ def test_one_and_two_dask_workers_write_identical_stores(tmp_path, tiny_model_di
 
 
 @pytest.mark.parametrize("kill_after_done", [1, 3])
-def test_kill_9_never_leaves_a_done_but_partial_sample(tmp_path, tiny_model_dir, good_images, kill_after_done):
+def test_kill_9_never_leaves_a_done_but_partial_sample(
+    tmp_path, tiny_model_dir, good_images, kill_after_done
+):
     run_generate(job(tmp_path, good_images, tiny_model_dir, name="reference.zarr", samples_per_shard=1))
     out = tmp_path / "killed.zarr"
     command = [
-        sys.executable, "-m", "pipeline.cache_cli", "generate", str(good_images), "--model",
-        str(tiny_model_dir), "--out", str(out), "--frames", "8", "--steps", "4",
-        "--decode-chunk-size", "8", "--shard-size", "1", "--no-progress",
+        sys.executable,
+        "-m",
+        "pipeline.cache_cli",
+        "generate",
+        str(good_images),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--frames",
+        "8",
+        "--steps",
+        "4",
+        "--decode-chunk-size",
+        "8",
+        "--shard-size",
+        "1",
+        "--no-progress",
     ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -170,7 +200,9 @@ def test_kill_9_never_leaves_a_done_but_partial_sample(tmp_path, tiny_model_dir,
     for index in np.flatnonzero(status == STATUS_DONE):
         for name in killed:
             assert np.array_equal(killed[name][index], reference[name][index]), (name, index)
-    summary = run_generate(job(tmp_path, good_images, tiny_model_dir, name="killed.zarr", samples_per_shard=1))
+    summary = run_generate(
+        job(tmp_path, good_images, tiny_model_dir, name="killed.zarr", samples_per_shard=1)
+    )
     assert summary.skipped == int((status == STATUS_DONE).sum())
     assert not list(out.rglob("*.partial"))
     assert_same_store(out, tmp_path / "reference.zarr")

@@ -29,13 +29,16 @@ def test_sixteen_bit_grey_is_rescaled_not_clipped(tmp_path):
     assert loaded.mask[20, 20] and not loaded.mask[2, 2]
 
 
-@pytest.mark.parametrize("defect,message", [
-    ("empty", "empty file"),
-    ("truncated", "corrupt or truncated"),
-    ("text", "not a readable image"),
-    ("huge", "exceeds max_image_pixels"),
-    ("blank", "no foreground"),
-])
+@pytest.mark.parametrize(
+    "defect,message",
+    [
+        ("empty", "empty file"),
+        ("truncated", "corrupt or truncated"),
+        ("text", "not a readable image"),
+        ("huge", "exceeds max_image_pixels"),
+        ("blank", "no foreground"),
+    ],
+)
 def test_bad_files_raise_errors_naming_the_file(tmp_path, defect, message):
     path = write_bad_images(tmp_path)[defect]
     with pytest.raises(ImageLoadError, match=message) as info:
@@ -77,7 +80,12 @@ def test_sources_from_folder_list_file_and_single_image(tmp_path):
     (tmp_path / "imgs" / "notes.txt").write_text("ignored")
     found = list_image_sources(tmp_path / "imgs")
     assert [s.sample_id for s in found] == [
-        "grey.png", "nested/deep16.png", "nested/photo.webp", "palette.png", "rgb.jpg", "rgba.png",
+        "grey.png",
+        "nested/deep16.png",
+        "nested/photo.webp",
+        "palette.png",
+        "rgb.jpg",
+        "rgba.png",
     ]
     listing = tmp_path / "list.txt"
     listing.write_text("# my images\nimgs/rgba.png\n\nimgs/missing.png\n")

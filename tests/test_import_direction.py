@@ -7,7 +7,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "cache_schema": {"torch", "diffusers", "transformers", "stages", "pipeline", "typer", "dask", "distributed", "tqdm"},
+    "cache_schema": {
+        "torch",
+        "diffusers",
+        "transformers",
+        "stages",
+        "pipeline",
+        "typer",
+        "dask",
+        "distributed",
+        "tqdm",
+    },
     "stages": {"pipeline", "typer", "dask", "distributed", "tqdm"},
 }
 

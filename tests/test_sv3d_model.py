@@ -74,10 +74,7 @@ def _run(pipe, seed: int = 0, size: int = 64, **kwargs):
 
 
 def test_unet_state_dict_keys_equal_svd_unet(pipe):
-    config = {
-        k: v for k, v in pipe.unet.config.items()
-        if not k.startswith("_") and k != "camera_embed_dims"
-    }
+    config = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_") and k != "camera_embed_dims"}
     svd = UNetSpatioTemporalConditionModel(**config)
     ours = {k: tuple(v.shape) for k, v in pipe.unet.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in svd.state_dict().items()}
@@ -139,7 +136,10 @@ def test_unet_forward_shape_and_bad_inputs(pipe):
 def test_pipeline_shapes_and_features(pipe, size):
     calls = []
     out = _run(
-        pipe, size=size, capture_step=1, capture_frames=[4, 0],
+        pipe,
+        size=size,
+        capture_step=1,
+        capture_frames=[4, 0],
         progress=lambda done, total: calls.append((done, total)),
     )
     assert out.frames.shape == (FRAMES, 3, size, size)
@@ -296,9 +296,7 @@ def test_ddpm_sigma_by_hand():
 
 
 def test_triangle_guidance_scales():
-    np.testing.assert_allclose(
-        triangle_guidance_scales(5, 1.0, 2.5), [1.0, 1.75, 2.5, 1.75, 1.0]
-    )
+    np.testing.assert_allclose(triangle_guidance_scales(5, 1.0, 2.5), [1.0, 1.75, 2.5, 1.75, 1.0])
     assert triangle_guidance_scales(21, 1.0, 2.5).argmax() == 10
 
 

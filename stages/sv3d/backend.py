@@ -31,7 +31,9 @@ class SV3DBackend:
             raise ConfigError(f"feature_layers {unknown} are not up-blocks of this UNet: {list(shapes)}")
         self.layers = tuple(FeatureLayerSpec(n, *shapes[n]) for n in names)
         self.capture: CaptureStep | None = (
-            select_capture_step(pipe.sampler_sigmas(config.num_inference_steps), config.tau, config.tau_mapping)
+            select_capture_step(
+                pipe.sampler_sigmas(config.num_inference_steps), config.tau, config.tau_mapping
+            )
             if self.layers
             else None
         )

@@ -112,9 +112,7 @@ def load_sv3d_skeleton(model_dir: str | Path) -> SV3DPipeline:
             vae = AutoencoderKLTemporalDecoder.from_config(
                 AutoencoderKLTemporalDecoder.load_config(root / "vae")
             )
-        scheduler = EulerDiscreteScheduler.from_pretrained(
-            root, subfolder="scheduler", local_files_only=True
-        )
+        scheduler = EulerDiscreteScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"cannot read the SV3D-p configs in {root}: {err}") from err
     _check_scheduler(scheduler, root)
@@ -153,9 +151,7 @@ def _check_layout(model_dir: str | Path) -> Path:
             raise ModelLoadError(f"model_dir {root} has no {sub}/ folder")
         if not (root / sub / config).is_file():
             raise ModelLoadError(f"model_dir {root} has no {sub}/{config}")
-        if sub in _WEIGHTED and not any(
-            p.name.endswith(WEIGHT_SUFFIXES) for p in (root / sub).iterdir()
-        ):
+        if sub in _WEIGHTED and not any(p.name.endswith(WEIGHT_SUFFIXES) for p in (root / sub).iterdir()):
             raise ModelLoadError(f"model_dir {root} has no weight file in {sub}/")
     return root
 
@@ -188,10 +184,7 @@ def _check_scheduler(scheduler: EulerDiscreteScheduler, root: Path) -> None:
     """SV3D-p samples v with EDM (Karras) sigmas and c_noise timesteps; anything else
     would run without error and produce garbage."""
     cfg = scheduler.config
-    wanted = {"prediction_type": "v_prediction", "timestep_type": "continuous",
-              "use_karras_sigmas": True}
+    wanted = {"prediction_type": "v_prediction", "timestep_type": "continuous", "use_karras_sigmas": True}
     wrong = {k: cfg.get(k) for k, v in wanted.items() if cfg.get(k) != v}
     if wrong:
-        raise ModelLoadError(
-            f"{root}/scheduler/scheduler_config.json must have {wanted}, got {wrong}"
-        )
+        raise ModelLoadError(f"{root}/scheduler/scheduler_config.json must have {wanted}, got {wrong}")

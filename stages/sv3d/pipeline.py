@@ -95,9 +95,7 @@ class SV3DPipeline(DiffusionPipeline):
         ceil(h / 2), and each up-block returns to the size of the skip it meets.
         """
         if resolution % self.vae_scale_factor:
-            raise ConfigError(
-                f"resolution must be a multiple of {self.vae_scale_factor}, got {resolution}"
-            )
+            raise ConfigError(f"resolution must be a multiple of {self.vae_scale_factor}, got {resolution}")
         sizes = [resolution // self.vae_scale_factor]
         for _ in range(len(self.unet.down_blocks) - 1):
             sizes.append(math.ceil(sizes[-1] / 2))
@@ -155,15 +153,11 @@ class SV3DPipeline(DiffusionPipeline):
         polars = _as_frames(polars_rad, "polars_rad")
         azimuths = _as_frames(azimuths_rad, "azimuths_rad")
         num_frames = polars.shape[0]
-        self._check_inputs(
-            image, azimuths, num_frames, generator, num_inference_steps, decode_chunk_size
-        )
+        self._check_inputs(image, azimuths, num_frames, generator, num_inference_steps, decode_chunk_size)
         layers = self._check_layers(feature_layers)
         frames_kept = list(range(num_frames)) if capture_frames is None else list(capture_frames)
         if any(not 0 <= f < num_frames for f in frames_kept) or not frames_kept:
-            raise ConfigError(
-                f"capture_frames must be non-empty in [0, {num_frames}), got {frames_kept}"
-            )
+            raise ConfigError(f"capture_frames must be non-empty in [0, {num_frames}), got {frames_kept}")
 
         image = image.to(device)
 
@@ -238,13 +232,10 @@ class SV3DPipeline(DiffusionPipeline):
             raise ValueError(f"image must be a (1, 3, H, W) tensor, got {shape}")
         if image.shape[-2] % self.vae_scale_factor or image.shape[-1] % self.vae_scale_factor:
             raise ValueError(
-                f"image H and W must be multiples of {self.vae_scale_factor}, got "
-                f"{tuple(image.shape[-2:])}"
+                f"image H and W must be multiples of {self.vae_scale_factor}, got {tuple(image.shape[-2:])}"
             )
         if azimuths.shape[0] != num_frames:
-            raise ValueError(
-                f"azimuths_rad has {azimuths.shape[0]} frames, polars_rad has {num_frames}"
-            )
+            raise ValueError(f"azimuths_rad has {azimuths.shape[0]} frames, polars_rad has {num_frames}")
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise ValueError("generator must be a CPU torch.Generator")
         if num_steps < 1:
@@ -260,9 +251,7 @@ class SV3DPipeline(DiffusionPipeline):
             raise ConfigError(f"feature_layers must be non-empty, from {names}; got {layers}")
         return layers
 
-    def _resolve_capture(
-        self, capture_step: int | CaptureStep | None, num_steps: int
-    ) -> CaptureStep | None:
+    def _resolve_capture(self, capture_step: int | CaptureStep | None, num_steps: int) -> CaptureStep | None:
         """The capture step checked against the scheduler's sigmas just set."""
         if capture_step is None:
             return None

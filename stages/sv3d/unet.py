@@ -40,9 +40,7 @@ def camera_vector(
         (B * V, sum(embed_dims)) float32, frame index varying fastest.
     """
     parts = [
-        get_timestep_embedding(
-            x.flatten().float(), int(dim), flip_sin_to_cos=True, downscale_freq_shift=0
-        )
+        get_timestep_embedding(x.flatten().float(), int(dim), flip_sin_to_cos=True, downscale_freq_shift=0)
         for x, dim in zip((cond_aug, polars_rad, azimuths_rad), embed_dims, strict=True)
     ]
     return torch.cat(parts, dim=-1)
@@ -168,18 +166,14 @@ class SV3DUNetModel(UNetSpatioTemporalConditionModel):
         Returns:
             (B, V, C_out, h, w) in `UNetSpatioTemporalConditionOutput.sample`.
         """
-        self._check_inputs(
-            sample, timestep, encoder_hidden_states, cond_aug, polars_rad, azimuths_rad
-        )
+        self._check_inputs(sample, timestep, encoder_hidden_states, cond_aug, polars_rad, azimuths_rad)
         batch_size, num_frames = sample.shape[:2]
 
         # 1. time + per-frame camera embedding, (B*V, time_embed_dim)
         emb = self.embed_conditioning(timestep, cond_aug, polars_rad, azimuths_rad, sample.dtype)
         sample = sample.flatten(0, 1)
         encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_frames, dim=0)
-        image_only_indicator = torch.zeros(
-            batch_size, num_frames, dtype=sample.dtype, device=sample.device
-        )
+        image_only_indicator = torch.zeros(batch_size, num_frames, dtype=sample.dtype, device=sample.device)
 
         # 2. the parent's blocks, exactly as in its forward
         up_factor = 2**self.num_upsamplers
@@ -233,9 +227,7 @@ class SV3DUNetModel(UNetSpatioTemporalConditionModel):
     ) -> None:
         in_channels = self.config.in_channels
         if sample.ndim != 5 or sample.shape[2] != in_channels:
-            raise ValueError(
-                f"sample must be (B, V, {in_channels}, h, w), got {tuple(sample.shape)}"
-            )
+            raise ValueError(f"sample must be (B, V, {in_channels}, h, w), got {tuple(sample.shape)}")
         b, v = sample.shape[:2]
         t_shape = tuple(torch.as_tensor(timestep).shape)
         if t_shape not in ((), (1,), (b,)):
@@ -244,8 +236,7 @@ class SV3DUNetModel(UNetSpatioTemporalConditionModel):
         dim = dim if isinstance(dim, int) else dim[0]
         if tuple(encoder_hidden_states.shape) != (b, 1, dim):
             raise ValueError(
-                f"encoder_hidden_states must be ({b}, 1, {dim}), got "
-                f"{tuple(encoder_hidden_states.shape)}"
+                f"encoder_hidden_states must be ({b}, 1, {dim}), got {tuple(encoder_hidden_states.shape)}"
             )
         if tuple(cond_aug.shape) not in ((b,), (b, v)):
             raise ValueError(f"cond_aug must be ({b},) or ({b}, {v}), got {tuple(cond_aug.shape)}")
