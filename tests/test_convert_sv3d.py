@@ -90,9 +90,7 @@ def _text_tower_leftovers() -> dict[str, torch.Tensor]:
     return {prefix + "logit_scale": torch.tensor(4.6), prefix + "text_projection": torch.ones(4, 4)}
 
 
-def _write(
-    tmp_path: Path, state: dict[str, torch.Tensor], name: str = "sv3d_p.safetensors"
-) -> Path:
+def _write(tmp_path: Path, state: dict[str, torch.Tensor], name: str = "sv3d_p.safetensors") -> Path:
     path = tmp_path / name
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
@@ -106,9 +104,7 @@ def tiny():
     return components, state
 
 
-def _assert_same_tensors(
-    expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor], what: str
-):
+def _assert_same_tensors(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor], what: str):
     assert set(expected) == set(actual), f"{what}: key sets differ"
     for key, value in expected.items():
         assert torch.equal(value, actual[key]), f"{what}: {key} differs"
@@ -265,19 +261,11 @@ def test_checkpoint_without_clip_needs_and_copies_an_image_encoder_dir(tiny, tmp
         convert.convert_sv3d_checkpoint(checkpoint, tmp_path / "model")
     clip_dir = tmp_path / "clip"
     components["image_encoder"].save_pretrained(clip_dir)
-    out = convert.convert_sv3d_checkpoint(
-        checkpoint, tmp_path / "model", image_encoder_dir=clip_dir
-    )
-    loaded = CLIPVisionModelWithProjection.from_pretrained(
-        out / "image_encoder", local_files_only=True
-    )
-    _assert_same_tensors(
-        components["image_encoder"].state_dict(), loaded.state_dict(), "image_encoder"
-    )
+    out = convert.convert_sv3d_checkpoint(checkpoint, tmp_path / "model", image_encoder_dir=clip_dir)
+    loaded = CLIPVisionModelWithProjection.from_pretrained(out / "image_encoder", local_files_only=True)
+    _assert_same_tensors(components["image_encoder"].state_dict(), loaded.state_dict(), "image_encoder")
     with pytest.raises(CheckpointConversionError, match="has its own OpenCLIP"):
-        convert.convert_sv3d_checkpoint(
-            _write(tmp_path, state), tmp_path / "m2", image_encoder_dir=clip_dir
-        )
+        convert.convert_sv3d_checkpoint(_write(tmp_path, state), tmp_path / "m2", image_encoder_dir=clip_dir)
 
 
 # ----------------------------------------------------------------- the official layout
@@ -296,9 +284,7 @@ def _full_size_models() -> dict[str, torch.nn.Module]:
     return {
         "unet": convert.build_empty("unet", convert.sv3d_p_unet_config()),
         "vae": convert.build_empty("vae", convert.sv3d_p_vae_config()),
-        "image_encoder": convert.build_empty(
-            "image_encoder", convert.sv3d_p_image_encoder_config()
-        ),
+        "image_encoder": convert.build_empty("image_encoder", convert.sv3d_p_image_encoder_config()),
     }
 
 
@@ -311,9 +297,7 @@ def test_fixture_describes_the_official_sv3d_p_layout():
     state = _official()
     assert len(state) == 2212
     assert sum(k.startswith("model.diffusion_model.") for k in state) == 1428
-    assert (
-        sum(k.startswith("conditioner.embedders.0.open_clip.model.visual.") for k in state) == 392
-    )
+    assert sum(k.startswith("conditioner.embedders.0.open_clip.model.visual.") for k in state) == 392
     configs = convert.infer_configs(state)
     assert configs.unet == convert.sv3d_p_unet_config()
     assert configs.vae == convert.sv3d_p_vae_config()
@@ -329,9 +313,7 @@ def test_official_keys_convert_to_exactly_the_full_size_models(full_size, decode
     for name, model in full_size.items():
         convert.check_shapes(name, converted[name], model)
     ignored = convert.ignored_keys(state)
-    assert (
-        len(ignored) == 6 + 138 + 2
-    )  # text-tower leftovers, conditioning AE decoder + post_quant_conv
+    assert len(ignored) == 6 + 138 + 2  # text-tower leftovers, conditioning AE decoder + post_quant_conv
     assert not any(k.startswith(("model.", "first_stage_model.")) for k in ignored)
 
 
