@@ -117,14 +117,15 @@ class CacheStore:
             raise CacheError(f"{self.path}: {name} is a group, not an array")
         return node
 
-    def sample_ids(self) -> np.ndarray:
-        return _strings(self.array("sample_id")[:])
+    def sample_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return _strings(self.array("sample_id")[start:stop])
 
-    def statuses(self) -> np.ndarray:
-        return np.asarray(self.array("status")[:], dtype=np.uint8)
+    def statuses(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Status codes of samples [start, stop) (all by default). Shape (n,)."""
+        return np.asarray(self.array("status")[start:stop], dtype=np.uint8)
 
-    def failure_reasons(self) -> np.ndarray:
-        return _strings(self.array("failure_reason")[:])
+    def failure_reasons(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return _strings(self.array("failure_reason")[start:stop])
 
     def shards_to_do(self, retry_failed: bool = False) -> list[int]:
         """Shards holding a sample that still has to be generated."""

@@ -141,8 +141,10 @@ def write_shard(
     start, stop = store.layout.shard_range(shard)
     if len(sources) != stop - start:
         raise StageError(f"shard {shard} holds {stop - start} samples, got {len(sources)} sources")
-    status = store.statuses()[start:stop].copy()
-    reasons = list(store.failure_reasons()[start:stop])
+    # Only this shard's chunks: reading the whole status array per task would make a
+    # run of many shards quadratic in file reads.
+    status = store.statuses(start, stop).copy()
+    reasons = list(store.failure_reasons(start, stop))
     names = store.data_array_names()
     keep = (status == STATUS_DONE) | ((status == STATUS_FAILED) & (not retry_failed))
     rows = (

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from stages.sv3d.convert.configs import CLIP_MEAN, CLIP_STD, SCHEDULER_CONFIG
 from stages.sv3d.hub_logging import quiet_hub_logging
 from stages.sv3d.pipeline import CLIPImageProcessor, SV3DPipeline
 from stages.sv3d.unet import SV3DUNetModel
@@ -21,26 +22,6 @@ from stages.sv3d.unet import SV3DUNetModel
 TINY_RESOLUTION = 64
 _CLIP_SIZE = 32
 _EMBED_DIM = 32
-
-# SVD's scheduler_config.json: the EDM Euler sampler of sgm's EulerEDMSampler.
-EDM_SCHEDULER_CONFIG = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "interpolation_type": "linear",
-    "use_karras_sigmas": True,
-    "sigma_min": 0.002,
-    "sigma_max": 700.0,
-    "timestep_type": "continuous",
-    "timestep_spacing": "leading",
-    "steps_offset": 1,
-}
-
-# SVD's feature_extractor/preprocessor_config.json except the size.
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def build_tiny_sv3d(seed: int = 0) -> SV3DPipeline:
@@ -74,6 +55,7 @@ def build_tiny_sv3d(seed: int = 0) -> SV3DPipeline:
             projection_dim=_EMBED_DIM,
         )
         image_encoder = CLIPVisionModelWithProjection(clip_config)
+    # SVD's preprocessor config except the size, which follows the tiny CLIP.
     feature_extractor = CLIPImageProcessor(
         size={"shortest_edge": _CLIP_SIZE},
         crop_size={"height": _CLIP_SIZE, "width": _CLIP_SIZE},
@@ -82,12 +64,12 @@ def build_tiny_sv3d(seed: int = 0) -> SV3DPipeline:
         do_rescale=True,
         do_resize=True,
         do_convert_rgb=True,
-        image_mean=_CLIP_MEAN,
-        image_std=_CLIP_STD,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
         resample=3,
         rescale_factor=1 / 255,
     )
-    scheduler = EulerDiscreteScheduler(**EDM_SCHEDULER_CONFIG)
+    scheduler = EulerDiscreteScheduler(**SCHEDULER_CONFIG)
     pipe = SV3DPipeline(
         unet=unet.eval(),
         vae=vae.eval(),

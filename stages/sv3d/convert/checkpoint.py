@@ -135,9 +135,7 @@ def _check_image_encoder_dir(src: Path, configs: SV3DConfigs) -> None:
     try:
         config = CLIPVisionConfig.from_pretrained(src, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise CheckpointConversionError(
-            f"image_encoder_dir {src}: unreadable config ({err})"
-        ) from err
+        raise CheckpointConversionError(f"image_encoder_dir {src}: unreadable config ({err})") from err
     cross = configs.unet["cross_attention_dim"]
     if config.projection_dim != cross:
         raise CheckpointConversionError(
@@ -170,11 +168,7 @@ def _write_model_index(root: Path, classes: Mapping[str, tuple[str, str]]) -> No
     }
     for name in sorted(classes):
         module, cls = classes[name]
-        library = (
-            module.split(".")[0]
-            if module.split(".")[0] in ("diffusers", "transformers")
-            else module
-        )
+        library = module.split(".")[0] if module.split(".")[0] in ("diffusers", "transformers") else module
         index[name] = [library, cls]
     (root / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
@@ -194,12 +188,8 @@ def _write_record(
         "source_header_sha256": source.header_sha256,
         "source_tensors": len(source.shapes),
         "ignored_tensors": len(ignored_keys(source.shapes)),
-        "decoder": "temporal"
-        if configs.temporal_decoder
-        else "image (temporal layers switched off)",
-        "image_encoder": "checkpoint"
-        if image_encoder_dir is None
-        else f"copied from {image_encoder_dir}",
+        "decoder": "temporal" if configs.temporal_decoder else "image (temporal layers switched off)",
+        "image_encoder": "checkpoint" if image_encoder_dir is None else f"copied from {image_encoder_dir}",
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
     }
     (root / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")

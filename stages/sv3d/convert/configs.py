@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 
 
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -103,8 +103,8 @@ def feature_extractor_config(size: int = 224) -> dict[str, Any]:
         "rescale_factor": 1 / 255,
         "do_normalize": True,
         "do_convert_rgb": True,
-        "image_mean": _CLIP_MEAN,
-        "image_std": _CLIP_STD,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
         "resample": 3,
     }
 

@@ -81,16 +81,14 @@ def _infer_unet(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[st
     levels = len(downs) + 1
     if not blocks or len(blocks) % levels:
         raise CheckpointConversionError(
-            f"cannot infer the unet config: {len(blocks)} input_blocks do not split into "
-            f"{levels} levels"
+            f"cannot infer the unet config: {len(blocks)} input_blocks do not split into {levels} levels"
         )
     per_level = len(blocks) // levels  # resnets + the downsampler (or conv_in on level 0)
     nrb = per_level - 1
     expected_downs = [(lv + 1) * per_level for lv in range(levels - 1)]
     if nrb < 1 or downs != expected_downs:
         raise CheckpointConversionError(
-            f"cannot infer the unet config: downsamplers at input_blocks {downs}, expected "
-            f"{expected_downs}"
+            f"cannot infer the unet config: downsamplers at input_blocks {downs}, expected {expected_downs}"
         )
     channels, down_attn, depth, cross_dim = [], [], None, 0
     for lv in range(levels):
@@ -104,9 +102,7 @@ def _infer_unet(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[st
             cross_dim = _need(shapes, to_k, "unet")[1]
     if depth is None:
         raise CheckpointConversionError("cannot infer the unet config: no attention block found")
-    up_attn = [
-        p + f"output_blocks.{u * per_level}.1.proj_in.weight" in shapes for u in range(levels)
-    ]
+    up_attn = [p + f"output_blocks.{u * per_level}.1.proj_in.weight" in shapes for u in range(levels)]
     adm = _need(shapes, p + "label_emb.0.0.weight", "unet")[1]
     if adm % 10:
         raise CheckpointConversionError(
@@ -118,8 +114,7 @@ def _infer_unet(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[st
         "in_channels": conv_in[1],
         "out_channels": _need(shapes, p + "out.2.weight", "unet")[0],
         "down_block_types": [
-            "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal"
-            for a in down_attn
+            "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal" for a in down_attn
         ],
         "up_block_types": [
             "CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in up_attn
@@ -150,13 +145,9 @@ def _infer_vae(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     conv_in = _need(shapes, e + "conv_in.weight", "vae encoder")
     levels = _indices(shapes, e + "down.")
     if not levels:
-        raise CheckpointConversionError(
-            f"cannot infer the vae config: no {e}down.* keys in the checkpoint"
-        )
+        raise CheckpointConversionError(f"cannot infer the vae config: no {e}down.* keys in the checkpoint")
     nrb = len(_indices(shapes, e + "down.0.block."))
-    channels = [
-        _need(shapes, e + f"down.{lv}.block.0.conv1.weight", "vae encoder")[0] for lv in levels
-    ]
+    channels = [_need(shapes, e + f"down.{lv}.block.0.conv1.weight", "vae encoder")[0] for lv in levels]
     latent2 = _need(shapes, e + "conv_out.weight", "vae encoder")[0]
     quant = _need(shapes, QUANT_CONV_PREFIX + "weight", "vae encoder")
     if quant[:2] != (latent2, latent2):
@@ -165,9 +156,7 @@ def _infer_vae(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
             f"got shape {quant}"
         )
     dec_levels = _indices(shapes, d + "up.")
-    dec_channels = [
-        _need(shapes, d + f"up.{lv}.block.0.conv2.weight", "vae decoder")[0] for lv in dec_levels
-    ]
+    dec_channels = [_need(shapes, d + f"up.{lv}.block.0.conv2.weight", "vae decoder")[0] for lv in dec_levels]
     dec_blocks = len(_indices(shapes, d + "up.0.block."))
     if dec_channels != channels or dec_blocks != nrb + 1:
         raise CheckpointConversionError(
@@ -205,9 +194,7 @@ def _infer_clip(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[st
     width = conv1[0]
     return {
         "hidden_size": width,
-        "intermediate_size": _need(
-            shapes, c + "transformer.resblocks.0.mlp.c_fc.weight", "image encoder"
-        )[0],
+        "intermediate_size": _need(shapes, c + "transformer.resblocks.0.mlp.c_fc.weight", "image encoder")[0],
         "num_hidden_layers": len(_indices(shapes, c + "transformer.resblocks.")),
         "num_attention_heads": _heads(width, head_dim, "image encoder"),
         "num_channels": conv1[1],

@@ -64,9 +64,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], bytes]:
     with path.open("rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise CheckpointConversionError(
-                f"checkpoint {path} is not a safetensors file: only {size} bytes"
-            )
+            raise CheckpointConversionError(f"checkpoint {path} is not a safetensors file: only {size} bytes")
         (length,) = struct.unpack("<Q", prefix)
         if length < 2 or length > min(size - 8, 100 * 2**20):
             raise CheckpointConversionError(
@@ -82,7 +80,5 @@ def _read_header(path: Path) -> tuple[dict[str, Any], bytes]:
             if key != "__metadata__" and not {"dtype", "shape", "data_offsets"} <= set(info):
                 raise ValueError(f"entry {key!r} lacks dtype/shape/data_offsets")
     except (ValueError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointConversionError(
-            f"checkpoint {path} is not a safetensors file: {err}"
-        ) from err
+        raise CheckpointConversionError(f"checkpoint {path} is not a safetensors file: {err}") from err
     return header, raw

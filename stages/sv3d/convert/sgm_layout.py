@@ -48,8 +48,7 @@ IGNORED_KEY_PATTERNS: tuple[tuple[str, str], ...] = (
     ),
     (
         r"conditioner\.embedders\.1\.encoder\.(decoder|post_quant_conv)\.",
-        "decoder half of the conditioning autoencoder; sgm decodes frames with "
-        "first_stage_model.decoder",
+        "decoder half of the conditioning autoencoder; sgm decodes frames with first_stage_model.decoder",
     ),
     (r"model_ema\.", "EMA shadow copy of the UNet"),
 )

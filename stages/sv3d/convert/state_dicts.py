@@ -81,9 +81,7 @@ def convert_component(
     return converted, origins
 
 
-def _apply(
-    mapping: KeyMapping, state_dict: Mapping[str, Tensor], reference: Tensor
-) -> dict[str, Tensor]:
+def _apply(mapping: KeyMapping, state_dict: Mapping[str, Tensor], reference: Tensor) -> dict[str, Tensor]:
     kind, target = mapping.kind, mapping.targets[0]
     if mapping.source is None:
         return {target: _synthesise(kind, mapping.shape, reference)}
@@ -93,8 +91,7 @@ def _apply(
     if kind == "conv_to_linear":
         if tensor.ndim != 4 or tuple(tensor.shape[2:]) != (1, 1):
             raise CheckpointConversionError(
-                f"{mapping.source} must be a 1x1 conv weight (O, I, 1, 1), "
-                f"got {tuple(tensor.shape)}"
+                f"{mapping.source} must be a 1x1 conv weight (O, I, 1, 1), got {tuple(tensor.shape)}"
             )
         return {target: tensor[:, :, 0, 0].contiguous()}
     if kind == "transpose":
@@ -108,9 +105,7 @@ def _apply(
             raise CheckpointConversionError(
                 f"{mapping.source} must stack q, k, v along dim 0, got {tuple(tensor.shape)}"
             )
-        return {
-            t: part.clone() for t, part in zip(mapping.targets, tensor.chunk(3, dim=0), strict=True)
-        }
+        return {t: part.clone() for t, part in zip(mapping.targets, tensor.chunk(3, dim=0), strict=True)}
     raise AssertionError(f"unknown mapping kind {kind}")
 
 
@@ -129,9 +124,7 @@ def _synthesise(kind: str, shape: tuple[int, ...], reference: Tensor) -> Tensor:
     raise AssertionError(f"unknown synthesised kind {kind}")
 
 
-def diffusers_to_sgm(
-    components: Mapping[str, Any], temporal_decoder: bool = True
-) -> dict[str, Tensor]:
+def diffusers_to_sgm(components: Mapping[str, Any], temporal_decoder: bool = True) -> dict[str, Tensor]:
     """The inverse of `sgm_to_diffusers`: built modules -> one sgm state dict.
 
     components: {'unet': SV3DUNetModel, 'vae': AutoencoderKLTemporalDecoder,

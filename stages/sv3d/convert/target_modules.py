@@ -59,6 +59,5 @@ def check_shapes(
         if got != shape:
             origin = f" (from {origins[key]!r})" if origins and key in origins else ""
             raise CheckpointConversionError(
-                f"{component} key {key!r}{origin}: {name} expects shape {shape}, "
-                f"the checkpoint gives {got}"
+                f"{component} key {key!r}{origin}: {name} expects shape {shape}, the checkpoint gives {got}"
             )

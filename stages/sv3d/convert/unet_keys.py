@@ -44,14 +44,10 @@ def plan_unet(plan: KeyPlan, cfg: Mapping[str, Any]) -> None:
     for lv in range(levels):
         for j in range(nrb):
             src = p + f"input_blocks.{1 + lv * per_level + j}"
-            _plan_unet_resnet(
-                plan, src + ".0", f"down_blocks.{lv}.resnets.{j}", in_ch != channels[lv]
-            )
+            _plan_unet_resnet(plan, src + ".0", f"down_blocks.{lv}.resnets.{j}", in_ch != channels[lv])
             in_ch = channels[lv]
             if down_attn[lv]:
-                _plan_unet_attention(
-                    plan, src + ".1", f"down_blocks.{lv}.attentions.{j}", depths[lv]
-                )
+                _plan_unet_attention(plan, src + ".1", f"down_blocks.{lv}.attentions.{j}", depths[lv])
         if lv < levels - 1:
             src = p + f"input_blocks.{(lv + 1) * per_level}.0.op"
             plan.wb(u, src, f"down_blocks.{lv}.downsamplers.0.conv")
@@ -67,9 +63,7 @@ def plan_unet(plan: KeyPlan, cfg: Mapping[str, Any]) -> None:
             # Every up resnet takes the skip concatenated to its input: always a shortcut.
             _plan_unet_resnet(plan, src + ".0", f"up_blocks.{k}.resnets.{j}", True)
             if up_attn[k]:
-                _plan_unet_attention(
-                    plan, src + ".1", f"up_blocks.{k}.attentions.{j}", up_depths[k]
-                )
+                _plan_unet_attention(plan, src + ".1", f"up_blocks.{k}.attentions.{j}", up_depths[k])
         if k < levels - 1:
             src = p + f"output_blocks.{k * per_level + nrb}.{2 if up_attn[k] else 1}.conv"
             plan.wb(u, src, f"up_blocks.{k}.upsamplers.0.conv")
@@ -99,9 +93,7 @@ _BLOCK_PARAMS = tuple(
     for attn in ("attn1", "attn2")
     for name in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
 ) + tuple(
-    f"{m}.{wb}"
-    for m in ("ff.net.0.proj", "ff.net.2", "norm1", "norm2", "norm3")
-    for wb in ("weight", "bias")
+    f"{m}.{wb}" for m in ("ff.net.0.proj", "ff.net.2", "norm1", "norm2", "norm3") for wb in ("weight", "bias")
 )
 
 

@@ -27,9 +27,7 @@ def plan_vae(plan: KeyPlan, cfg: Mapping[str, Any], temporal: bool) -> None:
             )
             in_ch = channels[lv]
         if lv < levels - 1:
-            plan.wb(
-                v, e + f"down.{lv}.downsample.conv", f"encoder.down_blocks.{lv}.downsamplers.0.conv"
-            )
+            plan.wb(v, e + f"down.{lv}.downsample.conv", f"encoder.down_blocks.{lv}.downsamplers.0.conv")
     _plan_vae_resnet(plan, e + "mid.block_1", "encoder.mid_block.resnets.0", False)
     _plan_vae_attention(plan, e + "mid.attn_1", "encoder.mid_block.attentions.0")
     _plan_vae_resnet(plan, e + "mid.block_2", "encoder.mid_block.resnets.1", False)
@@ -65,9 +63,7 @@ def plan_vae(plan: KeyPlan, cfg: Mapping[str, Any], temporal: bool) -> None:
     if temporal:
         plan.wb(v, d + "conv_out.time_mix_conv", "decoder.time_conv_out")
     else:
-        plan.add(
-            v, None, "decoder.time_conv_out.weight", "synth_identity", (out_ch, out_ch, 3, 1, 1)
-        )
+        plan.add(v, None, "decoder.time_conv_out.weight", "synth_identity", (out_ch, out_ch, 3, 1, 1))
         plan.add(v, None, "decoder.time_conv_out.bias", "synth_zeros", (out_ch,))
 
 
@@ -99,9 +95,7 @@ def _plan_vae_resnet(
             plan.add("vae", None, f"{t}.{norm}.weight", "synth_ones", (channels,))
             plan.add("vae", None, f"{t}.{norm}.bias", "synth_zeros", (channels,))
         for conv in ("conv1", "conv2"):
-            plan.add(
-                "vae", None, f"{t}.{conv}.weight", "synth_zeros", (channels, channels, 3, 1, 1)
-            )
+            plan.add("vae", None, f"{t}.{conv}.weight", "synth_zeros", (channels, channels, 3, 1, 1))
             plan.add("vae", None, f"{t}.{conv}.bias", "synth_zeros", (channels,))
         plan.add("vae", None, f"{dst}.time_mixer.mix_factor", "synth_mix_off", (1,))
 
