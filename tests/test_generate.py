@@ -153,6 +153,19 @@ def test_one_and_two_dask_workers_write_identical_stores(tmp_path, tiny_model_di
     assert_same_store(tmp_path / "local.zarr", tmp_path / "one.zarr")
 
 
+def test_existing_scheduler_is_used_and_gives_the_same_bytes(tmp_path, tiny_model_dir, good_images):
+    from dask.distributed import LocalCluster
+
+    run_generate(job(tmp_path, good_images, tiny_model_dir, name="local.zarr"))
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        summary = run_generate(
+            job(tmp_path, good_images, tiny_model_dir, name="remote.zarr", scheduler=cluster.scheduler_address)
+        )
+        assert cluster.scheduler.workers, "the existing cluster was not shut down by the run"
+    assert summary.done == 6 and not summary.errors
+    assert_same_store(tmp_path / "local.zarr", tmp_path / "remote.zarr")
+
+
 @pytest.mark.parametrize("kill_after_done", [1, 3])
 def test_kill_9_never_leaves_a_done_but_partial_sample(
     tmp_path, tiny_model_dir, good_images, kill_after_done
