@@ -12,7 +12,7 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 
 
-def install(session: nox.Session, extras: str = "dev") -> None:
+def install(session: nox.Session, extras: str = "dev,synthetic") -> None:
     session.install(TORCH)
     session.install("-e", f".[{extras}]")
 
