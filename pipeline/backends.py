@@ -1,19 +1,50 @@
-"""Picklable recipes that build a stage-one backend once per process (dask worker or local)."""
+"""Picklable recipes that build a stage-one backend once per process (dask worker or local).
+
+A spec is what travels to dask workers; the heavy object it builds (a loaded SV3D-p
+pipeline, a pybullet client) stays in the worker and serves every task it runs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from cache_schema import digest
+from cache_schema import FeatureLayerSpec, GroundTruthSpec, digest
 from stages.config import GenerationConfig
-from stages.stage_one import ViewBackend
+from stages.sources import ImageSource
+from stages.stage_one import ImageSampleMaker
 
-_BUILT: dict[str, ViewBackend] = {}
+SampleMaker = Callable[[str], tuple[dict, float]]
+
+_BUILT: dict[str, Any] = {}
+_DESCRIBED: dict[str, Any] = {}
+
+
+class BackendSpec(Protocol):
+    """What the runner needs of a backend recipe."""
+
+    def key(self) -> str: ...
+
+    def resolved_config(self) -> GenerationConfig: ...
+
+    def feature_layers(self) -> tuple[FeatureLayerSpec, ...]: ...
+
+    def ground_truth(self) -> GroundTruthSpec | None: ...
+
+    def model_record(self) -> dict[str, Any]: ...
+
+    def source_record(self) -> dict[str, Any]: ...
+
+    def capture_record(self) -> dict[str, Any] | None: ...
+
+    def sample_maker(self, items: list[Any]) -> tuple[list[str], SampleMaker]: ...
+
+    def uses_gpu(self) -> bool: ...
 
 
 def resolve_device(name: str) -> str:
@@ -23,6 +54,12 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return name
+
+
+def _once(cache: dict[str, Any], key: str, build: Callable[[], Any]) -> Any:
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
 @dataclass(frozen=True)
@@ -39,32 +76,57 @@ class SV3DBackendSpec:
     def key(self) -> str:
         return digest(dataclasses.asdict(self))
 
-    def resolved_config(self) -> GenerationConfig:
-        """The config with 'auto' fields replaced by what this device will use."""
+    def _dtype_config(self) -> GenerationConfig:
         from stages.sv3d.loading import resolve_dtype
 
         dtype = resolve_dtype(self.config.model_dtype, torch.device(resolve_device(self.device)))
         return dataclasses.replace(self.config, model_dtype=str(dtype).replace("torch.", ""))
 
-    def build(self) -> ViewBackend:
+    def describe(self) -> Any:
+        """The backend's structure (size, feature layers, capture step) without weights."""
+        from stages.sv3d.backend import SV3DBackend
+        from stages.sv3d.loading import load_sv3d_skeleton
+
+        return _once(
+            _DESCRIBED,
+            self.key(),
+            lambda: SV3DBackend(
+                load_sv3d_skeleton(self.model_dir), self._dtype_config(), torch.device("cpu")
+            ),
+        )
+
+    def resolved_config(self) -> GenerationConfig:
+        """The config with 'auto' fields replaced by what this device and model use."""
+        return dataclasses.replace(self._dtype_config(), resolution=self.describe().image_size())
+
+    def feature_layers(self) -> tuple[FeatureLayerSpec, ...]:
+        return self.describe().feature_layers()
+
+    def ground_truth(self) -> GroundTruthSpec | None:
+        return None
+
+    def capture_record(self) -> dict[str, Any] | None:
+        return self.describe().capture_record()
+
+    def source_record(self) -> dict[str, Any]:
+        return {"backend": "sv3d"}
+
+    def build(self) -> Any:
         from stages.sv3d.backend import SV3DBackend
         from stages.sv3d.loading import load_sv3d_pipeline
 
         if self.torch_threads > 0:
             torch.set_num_threads(self.torch_threads)
         device = torch.device(resolve_device(self.device))
-        config = self.resolved_config()
+        config = self._dtype_config()
         pipe = load_sv3d_pipeline(
             self.model_dir, device=device, dtype=getattr(torch, config.model_dtype), attention=self.attention
         )
         return SV3DBackend(pipe, config, device)
 
-    def describe(self) -> ViewBackend:
-        """The backend's structure (sizes, feature layers, capture step) without weights."""
-        from stages.sv3d.backend import SV3DBackend
-        from stages.sv3d.loading import load_sv3d_skeleton
-
-        return SV3DBackend(load_sv3d_skeleton(self.model_dir), self.resolved_config(), torch.device("cpu"))
+    def sample_maker(self, items: list[ImageSource]) -> tuple[list[str], SampleMaker]:
+        backend = _once(_BUILT, self.key(), self.build)
+        return [s.sample_id for s in items], ImageSampleMaker(backend, self.config, items)
 
     def model_record(self) -> dict[str, Any]:
         from stages.sv3d.loading import model_identity
@@ -78,12 +140,61 @@ class SV3DBackendSpec:
         return resolve_device(self.device).startswith("cuda")
 
 
-def get_backend(spec: SV3DBackendSpec) -> ViewBackend:
-    """The backend for `spec`, built at most once per process."""
-    key = spec.key()
-    if key not in _BUILT:
-        _BUILT[key] = spec.build()
-    return _BUILT[key]
+@dataclass(frozen=True)
+class RenderBackendSpec:
+    """The synthetic world rendered with pybullet: a perfect multi-view generator."""
+
+    world: Any
+    """stages.synthetic.world.SyntheticWorldConfig (imported lazily: pybullet is optional)."""
+    config: GenerationConfig
+
+    def key(self) -> str:
+        return digest({"world": dataclasses.asdict(self.world), "config": self.config.to_dict()})
+
+    def resolved_config(self) -> GenerationConfig:
+        """Renders have no model: size defaults to 128 px, the radius fits the figure."""
+        orbit = dataclasses.replace(
+            self.config.orbit, radius=self.world.camera_radius(self.config.orbit.fov_deg)
+        )
+        return dataclasses.replace(
+            self.config,
+            orbit=orbit,
+            resolution=self.config.resolution or 128,
+            feature_layers=(),
+            model_dtype="float32",
+        )
+
+    def feature_layers(self) -> tuple[FeatureLayerSpec, ...]:
+        return ()
+
+    def ground_truth(self) -> GroundTruthSpec | None:
+        from stages.synthetic.world import ground_truth_spec
+
+        return ground_truth_spec(self.world.category)
+
+    def capture_record(self) -> dict[str, Any] | None:
+        return None
+
+    def source_record(self) -> dict[str, Any]:
+        return {"backend": "render", "world": self.world.to_dict()}
+
+    def model_record(self) -> dict[str, Any]:
+        import pybullet_data
+
+        world = {k: v for k, v in self.world.to_dict().items() if k != "num_samples"}
+        record = {"renderer": "pybullet ER_TINY_RENDERER", "data": str(pybullet_data.getDataPath())}
+        return {**record, "fingerprint": digest({"world": world, "renderer": record["renderer"]})}
+
+    def build(self) -> Any:
+        from stages.synthetic.world import SyntheticRenderer
+
+        return SyntheticRenderer(self.world, self.resolved_config())
+
+    def sample_maker(self, items: list[str]) -> tuple[list[str], SampleMaker]:
+        return list(items), _once(_BUILT, self.key(), self.build)
+
+    def uses_gpu(self) -> bool:
+        return False
 
 
 def model_dir_exists(model_dir: str) -> Path:

@@ -33,11 +33,29 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _world(source: str | None, split: str, num_samples: int, seed: int) -> object:
+    if source is None or not source.startswith("synthetic:"):
+        raise ValueError(f"--source must be synthetic:humanoid or synthetic:quadruped, got {source!r}")
+    from stages.synthetic.world import SyntheticWorldConfig
+
+    return SyntheticWorldConfig(source.split(":", 1)[1], split, num_samples, seed)
+
+
 @app.command()
 def generate(
-    images: Path = typer.Argument(..., help="Folder of images (recursive), a list file, or one image."),
-    model: Path = typer.Option(..., "--model", help="Local SV3D-p model directory (diffusers layout)."),
+    images: Path | None = typer.Argument(
+        None, help="Folder of images (recursive), a list file, or one image (sv3d backend)."
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", help="Local SV3D-p model directory (diffusers layout)."
+    ),
     out: Path = typer.Option(..., "--out", help="Zarr store to write (created or resumed)."),
+    backend: str = typer.Option("sv3d", help="sv3d (diffusion on IMAGES) | render (the synthetic world)."),
+    source: str | None = typer.Option(
+        None, help="For --backend render: synthetic:humanoid | synthetic:quadruped."
+    ),
+    split: str = typer.Option("train", help="For --backend render: train | test (disjoint motions)."),
+    num_samples: int = typer.Option(1000, help="For --backend render: samples to render."),
     workers: int | None = typer.Option(None, help="Start a dask LocalCluster with N worker processes."),
     scheduler: str | None = typer.Option(None, help="Use an existing dask scheduler, tcp://HOST:PORT."),
     overwrite: bool = typer.Option(False, help="Delete an existing store and start afresh."),
@@ -69,7 +87,9 @@ def generate(
         None, help="Comma-separated up-blocks to store (default: all)."
     ),
     feature_dtype: str = typer.Option("float16", help="float16 | float32"),
-    resolution: int | None = typer.Option(None, help="Image size (default: the model's native size)."),
+    resolution: int | None = typer.Option(
+        None, help="Image size (default: the model's native size; 128 for --backend render)."
+    ),
     object_fraction: float = typer.Option(0.85, help="Share of the square the object's longer side fills."),
     background_threshold: int = typer.Option(20, help="Foreground threshold against the background, 0..255."),
     min_guidance: float = typer.Option(1.0, help="Guidance scale at the orbit's ends."),
@@ -80,7 +100,11 @@ def generate(
     retries: int = typer.Option(2, help="Dask retries of a failed shard task."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Generate views and features for every image into a Zarr store (resumable)."""
+    """Generate views and features for every image into a Zarr store (resumable).
+
+    With --backend render, render the synthetic world instead (views, masks, cameras and
+    ground-truth joints, no features): a perfect multi-view generator with 3D truth.
+    """
     try:
         config = GenerationConfig(
             orbit=OrbitConfig(
@@ -112,6 +136,8 @@ def generate(
             model=model,
             out=out,
             config=config,
+            backend=backend,
+            world=_world(source, split, num_samples, seed) if backend == "render" else None,
             workers=workers,
             scheduler=scheduler,
             overwrite=overwrite,

@@ -5,24 +5,31 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pipeline.backends import SV3DBackendSpec, model_dir_exists
+from pipeline.backends import BackendSpec, RenderBackendSpec, SV3DBackendSpec, model_dir_exists
 from pipeline.runner import RunSummary, build_metadata, open_or_create, run_dask, run_local
 from stages.config import GenerationConfig
 from stages.sources import list_image_sources
 
+BACKENDS = ("sv3d", "render")
+
 
 @dataclass(frozen=True)
 class GenerateJob:
-    """One stage-one run. Only `config` changes the stored bytes."""
+    """One stage-one run. Only `config` (and the world, for renders) changes the stored bytes."""
 
-    images: Path
-    """Folder (recursive), list file or single image."""
-    model: Path
-    """Local SV3D-p model directory."""
+    images: Path | None
+    """Folder (recursive), list file or single image (sv3d backend)."""
+    model: Path | None
+    """Local SV3D-p model directory (sv3d backend)."""
     out: Path
     """Zarr store, created or resumed."""
     config: GenerationConfig = GenerationConfig()
+    backend: str = "sv3d"
+    """'sv3d' (diffusion on image files) or 'render' (the synthetic world)."""
+    world: Any = None
+    """SyntheticWorldConfig for the render backend."""
     workers: int | None = None
     """Start a dask LocalCluster of this many worker processes."""
     scheduler: str | None = None
@@ -40,6 +47,12 @@ class GenerateJob:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "sv3d" and (self.images is None or self.model is None):
+            raise ValueError("the sv3d backend needs IMAGES and --model")
+        if self.backend == "render" and self.world is None:
+            raise ValueError("the render backend needs --source synthetic:CATEGORY")
         if self.workers is not None and self.scheduler is not None:
             raise ValueError(
                 "--workers starts a local cluster and --scheduler uses an existing one: pick one"
@@ -54,8 +67,13 @@ class GenerateJob:
         return self.workers is not None or self.scheduler is not None
 
 
-def run_generate(job: GenerateJob) -> RunSummary:
-    """Create or resume the store and generate every unfinished shard."""
+def plan(job: GenerateJob) -> tuple[BackendSpec, list[Any], list[str], str]:
+    """The backend recipe, one item per sample, the sample ids and a label of the inputs."""
+    if job.backend == "render":
+        ids = job.world.sample_ids()
+        label = f"synthetic:{job.world.category} split={job.world.split}"
+        return RenderBackendSpec(job.world, job.config), ids, ids, label
+    assert job.images is not None and job.model is not None  # checked in __post_init__
     model_dir_exists(str(job.model))
     sources = list_image_sources(job.images)
     spec = SV3DBackendSpec(
@@ -65,9 +83,15 @@ def run_generate(job: GenerateJob) -> RunSummary:
         attention=job.attention,
         torch_threads=job.threads,
     )
-    metadata = build_metadata(spec, sources, job.samples_per_shard, str(job.images))
-    store = open_or_create(Path(job.out), metadata, sources, job.overwrite)
-    summary = RunSummary(store=Path(job.out), total=len(sources), bytes_before=store.bytes_on_disk())
+    return spec, sources, [s.sample_id for s in sources], str(job.images)
+
+
+def run_generate(job: GenerateJob) -> RunSummary:
+    """Create or resume the store and generate every unfinished shard."""
+    spec, items, ids, label = plan(job)
+    metadata = build_metadata(spec, ids, job.samples_per_shard, label)
+    store = open_or_create(Path(job.out), metadata, ids, job.overwrite)
+    summary = RunSummary(store=Path(job.out), total=len(ids), bytes_before=store.bytes_on_disk())
     shards = store.shards_to_do(job.retry_failed)
     queued = sum(stop - start for start, stop in map(store.layout.shard_range, shards))
     tic = time.perf_counter()
@@ -75,7 +99,7 @@ def run_generate(job: GenerateJob) -> RunSummary:
         run_dask(
             store,
             shards,
-            sources,
+            items,
             spec,
             job.retry_failed,
             summary,
@@ -85,8 +109,8 @@ def run_generate(job: GenerateJob) -> RunSummary:
             job.progress,
         )
     else:
-        run_local(store, shards, sources, spec, job.retry_failed, summary, job.progress)
-    summary.skipped += len(sources) - queued
+        run_local(store, shards, items, spec, job.retry_failed, summary, job.progress)
+    summary.skipped += len(ids) - queued
     summary.seconds = time.perf_counter() - tic
     summary.bytes_after = store.bytes_on_disk()
     return summary

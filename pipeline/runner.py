@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,8 +11,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cache_schema import CacheLayout, CacheStore, StoreMetadata, inputs_digest
-from pipeline.backends import SV3DBackendSpec, get_backend
-from stages.sources import ImageSource
+from pipeline.backends import BackendSpec
+from stages.config import GenerationConfig
 from stages.stage_one import ShardReport, write_shard
 
 
@@ -60,23 +59,10 @@ class RunSummary:
         return out
 
 
-def build_metadata(
-    spec: SV3DBackendSpec, sources: Sequence[ImageSource], samples_per_shard: int, source_label: str
-) -> StoreMetadata:
-    """Store metadata for an SV3D run, from the model's configs (no weights loaded)."""
-    backend = spec.describe()
-    config = spec.resolved_config()
-    config = dataclasses.replace(config, resolution=backend.image_size())
+def camera_record(config: GenerationConfig) -> dict[str, Any]:
+    """The orbit and conventions of the stored cameras, for the store's attributes."""
     orbit = config.orbit
-    layout = CacheLayout(
-        num_samples=len(sources),
-        image_size=backend.image_size(),
-        num_views=orbit.num_kept_views,
-        feature_layers=backend.feature_layers(),
-        feature_dtype=config.feature_dtype,
-        samples_per_shard=samples_per_shard,
-    )
-    cameras: dict[str, Any] = {
+    return {
         "convention": "world +z up, object at origin; OpenCV cameras (x right, y down, z "
         "forward); pixel (0,0) is the top-left corner of the top-left pixel",
         "frame_azimuths_deg": orbit.frame_azimuths_deg().tolist(),
@@ -85,23 +71,35 @@ def build_metadata(
         "fov_deg": orbit.fov_deg,
         "radius": orbit.radius,
     }
-    capture = getattr(backend, "capture_record", lambda: None)()
+
+
+def build_metadata(
+    spec: BackendSpec, sample_ids: Sequence[str], samples_per_shard: int, source_label: str
+) -> StoreMetadata:
+    """Store metadata from the backend's structure (no weights are loaded)."""
+    config = spec.resolved_config()
+    layout = CacheLayout(
+        num_samples=len(sample_ids),
+        image_size=config.resolution or 0,
+        num_views=config.orbit.num_kept_views,
+        feature_layers=spec.feature_layers(),
+        feature_dtype=config.feature_dtype,
+        samples_per_shard=samples_per_shard,
+        ground_truth=spec.ground_truth(),
+    )
     return StoreMetadata(
         layout=layout,
         generation=config.to_dict(),
         model=spec.model_record(),
-        source={"backend": backend.name, "inputs": source_label},
-        cameras=cameras,
-        capture=capture,
-        inputs_digest=inputs_digest([s.sample_id for s in sources]),
+        source={**spec.source_record(), "inputs": source_label},
+        cameras=camera_record(config),
+        capture=spec.capture_record(),
+        inputs_digest=inputs_digest(list(sample_ids)),
     )
 
 
-def open_or_create(
-    out: Path, metadata: StoreMetadata, sources: Sequence[ImageSource], overwrite: bool
-) -> CacheStore:
+def open_or_create(out: Path, metadata: StoreMetadata, ids: Sequence[str], overwrite: bool) -> CacheStore:
     """Resume a compatible store, refuse an incompatible one, or create a new one."""
-    ids = [s.sample_id for s in sources]
     if out.exists() and not overwrite:
         store = CacheStore.open(out, writable=True)
         store.check_compatible(metadata, ids)
@@ -113,47 +111,38 @@ def open_or_create(
 def run_local(
     store: CacheStore,
     shards: Sequence[int],
-    sources: Sequence[ImageSource],
-    spec: SV3DBackendSpec,
+    items: Sequence[Any],
+    spec: BackendSpec,
     retry_failed: bool,
     summary: RunSummary,
     progress: bool = True,
 ) -> None:
-    """All shards in this process, one after the other."""
-    backend = get_backend(spec)
+    """All shards in this process, one after the other. items: one per sample, in order."""
     todo = sum(_shard_len(store, s) for s in shards)
-    with tqdm(total=todo, desc="stage one", unit="img", disable=not progress) as bar:
+    with tqdm(total=todo, desc="stage one", unit="sample", disable=not progress) as bar:
         for shard in shards:
             start, stop = store.layout.shard_range(shard)
+            ids, make_sample = spec.sample_maker(list(items[start:stop]))
             report = write_shard(
-                store,
-                shard,
-                sources[start:stop],
-                backend,
-                spec.config,
-                retry_failed,
-                on_sample=lambda _id, _what: bar.update(1),
+                store, shard, ids, make_sample, retry_failed, on_sample=lambda _id, _what: bar.update(1)
             )
             summary.add(report)
 
 
 def run_shard_task(
-    store_path: str,
-    shard: int,
-    sources: list[ImageSource],
-    spec: SV3DBackendSpec,
-    retry_failed: bool,
+    store_path: str, shard: int, items: list[Any], spec: BackendSpec, retry_failed: bool
 ) -> ShardReport:
     """One dask task: one whole shard, with the backend built once per worker."""
     store = CacheStore.open(store_path, writable=True)
-    return write_shard(store, shard, sources, get_backend(spec), spec.config, retry_failed)
+    ids, make_sample = spec.sample_maker(items)
+    return write_shard(store, shard, ids, make_sample, retry_failed)
 
 
 def run_dask(
     store: CacheStore,
     shards: Sequence[int],
-    sources: Sequence[ImageSource],
-    spec: SV3DBackendSpec,
+    items: Sequence[Any],
+    spec: BackendSpec,
     retry_failed: bool,
     summary: RunSummary,
     workers: int | None,
@@ -175,9 +164,7 @@ def run_dask(
         )
     try:
         with Client(cluster if cluster is not None else scheduler) as client:
-            _submit_and_collect(
-                client, store, shards, sources, spec, retry_failed, summary, retries, progress
-            )
+            _submit_and_collect(client, store, shards, items, spec, retry_failed, summary, retries, progress)
     finally:
         if cluster is not None:
             cluster.close()
@@ -187,8 +174,8 @@ def _submit_and_collect(
     client: Any,
     store: CacheStore,
     shards: Sequence[int],
-    sources: Sequence[ImageSource],
-    spec: SV3DBackendSpec,
+    items: Sequence[Any],
+    spec: BackendSpec,
     retry_failed: bool,
     summary: RunSummary,
     retries: int,
@@ -204,7 +191,7 @@ def _submit_and_collect(
             run_shard_task,
             str(store.path),
             shard,
-            list(sources[start:stop]),
+            list(items[start:stop]),
             spec,
             retry_failed,
             key=f"keydiff3d-shard-{shard}-{store.metadata.fingerprint[:8]}-{time.time_ns()}",

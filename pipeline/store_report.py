@@ -163,8 +163,11 @@ def write_preview(path: Path, out: Path, samples: int = 4, min_tile: int = 128) 
     draw = ImageDraw.Draw(grid)
     azimuths = store.metadata.cameras.get("frame_azimuths_deg")
     kept = store.metadata.cameras.get("kept_frames")
+    has_joints = "ground_truth/joints_2d" in store.layout.arrays()
     for row, index in enumerate(done):
         data = {n: np.asarray(store.array(n)[index]) for n in ("input_image", "views", "view_masks")}
+        # Ground truth is drawn for people to check the cameras; training never reads it.
+        joints = np.asarray(store.array("ground_truth/joints_2d")[index]) if has_joints else None
         tiles = (
             [data["input_image"]]
             + list(data["views"])
@@ -177,7 +180,14 @@ def write_preview(path: Path, out: Path, samples: int = 4, min_tile: int = 128) 
             grid.paste(img.resize((tile, tile), Image.Resampling.NEAREST), (left, top + label_h))
             # a frame, so that an all-white mask does not vanish into the page
             draw.rectangle([left, top + label_h, left + tile - 1, top + label_h + tile - 1], outline="grey")
-        draw.text((2, top), f"{ids[index]}  (input | views | masks)", fill="black")
+        if joints is not None:
+            scale = tile / size
+            for v in range(k):
+                for u, w in joints[v] * scale:
+                    x, y = (1 + v) * tile + u, top + label_h + w
+                    draw.ellipse([x - 2, y - 2, x + 2, y + 2], outline="red", fill="yellow")
+        caption = "input | views" + (" + ground-truth joints" if joints is not None else "") + " | masks"
+        draw.text((2, top), f"{ids[index]}  ({caption})", fill="black")
         if azimuths and kept:
             for v in range(k):
                 draw.text(((1 + v) * tile + 2, top + label_h + 2), f"az {azimuths[kept[v]]:.0f}", fill="red")

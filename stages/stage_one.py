@@ -121,26 +121,39 @@ def build_sample(
     return rows, seconds
 
 
+class ImageSampleMaker:
+    """Makes the samples of image files with a view backend (what dask tasks call)."""
+
+    def __init__(self, backend: ViewBackend, config: GenerationConfig, sources: Sequence[ImageSource]):
+        self.backend = backend
+        self.config = config
+        self.sources = {source.sample_id: source for source in sources}
+
+    def __call__(self, sample_id: str) -> tuple[dict[str, np.ndarray], float]:
+        return build_sample(self.sources[sample_id], self.backend, self.config)
+
+
 def write_shard(
     store: CacheStore,
     shard: int,
-    sources: Sequence[ImageSource],
-    backend: ViewBackend,
-    config: GenerationConfig,
+    sample_ids: Sequence[str],
+    make_sample: Callable[[str], tuple[dict[str, np.ndarray], float]],
     retry_failed: bool = False,
     on_sample: Callable[[str, str], None] | None = None,
 ) -> ShardReport:
-    """Generate the unfinished samples of one shard and write the whole shard.
+    """Make the unfinished samples of one shard and write the whole shard.
 
-    sources: the shard's samples in store order. Samples already done are read back
-    and rewritten unchanged (one file per array and shard, one writer per shard).
-    on_sample(sample_id, 'done' | 'failed' | 'skipped') is called per sample.
+    sample_ids: the shard's samples in store order. make_sample(sample_id) returns
+    (arrays without the sample axis, seconds spent generating) or raises
+    SampleFailure. Samples already done are read back and rewritten unchanged (one
+    file per array and shard, one writer per shard). on_sample(sample_id, 'done' |
+    'failed' | 'skipped') is called per sample.
     """
     tic = time.perf_counter()
     report = ShardReport(shard)
     start, stop = store.layout.shard_range(shard)
-    if len(sources) != stop - start:
-        raise StageError(f"shard {shard} holds {stop - start} samples, got {len(sources)} sources")
+    if len(sample_ids) != stop - start:
+        raise StageError(f"shard {shard} holds {stop - start} samples, got {len(sample_ids)} ids")
     # Only this shard's chunks: reading the whole status array per task would make a
     # run of many shards quadratic in file reads.
     status = store.statuses(start, stop).copy()
@@ -156,19 +169,19 @@ def write_shard(
             if name in names
         }
     )
-    for offset, source in enumerate(sources):
+    for offset, sample_id in enumerate(sample_ids):
         if keep[offset]:
             report.skipped += 1
-            _notify(on_sample, source.sample_id, "skipped")
+            _notify(on_sample, sample_id, "skipped")
             continue
         try:
-            sample, seconds = build_sample(source, backend, config)
+            sample, seconds = make_sample(sample_id)
         except SampleFailure as exc:
             status[offset], reasons[offset] = STATUS_FAILED, str(exc)
             for name in names:
                 rows[name][offset] = 0
-            report.failed.append((source.sample_id, str(exc)))
-            _notify(on_sample, source.sample_id, "failed")
+            report.failed.append((sample_id, str(exc)))
+            _notify(on_sample, sample_id, "failed")
             continue
         for name in names:
             if name in sample:
@@ -176,7 +189,7 @@ def write_shard(
         status[offset], reasons[offset] = STATUS_DONE, ""
         report.done += 1
         report.generate_seconds += seconds
-        _notify(on_sample, source.sample_id, "done")
+        _notify(on_sample, sample_id, "done")
     store.write_shard(shard, rows, status, reasons)
     report.seconds = time.perf_counter() - tic
     return report

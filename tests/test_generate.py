@@ -159,7 +159,9 @@ def test_existing_scheduler_is_used_and_gives_the_same_bytes(tmp_path, tiny_mode
     run_generate(job(tmp_path, good_images, tiny_model_dir, name="local.zarr"))
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
         summary = run_generate(
-            job(tmp_path, good_images, tiny_model_dir, name="remote.zarr", scheduler=cluster.scheduler_address)
+            job(
+                tmp_path, good_images, tiny_model_dir, name="remote.zarr", scheduler=cluster.scheduler_address
+            )
         )
         assert cluster.scheduler.workers, "the existing cluster was not shut down by the run"
     assert summary.done == 6 and not summary.errors

@@ -1,0 +1,150 @@
+"""The synthetic world as a stage-one source: posed, coloured figures rendered on the orbit.
+
+It stands in for a PERFECT multi-view generator: the input view and the kept views are
+renders of the same 3D figure on the same cameras stage one records, with the figure's
+3D joints as ground truth. Splits are by motion clip for the humanoid; pybullet ships a
+single quadruped clip, so the quadruped's split is by contiguous time segment of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cache_schema import GroundTruthSpec
+from stages.cameras import project_points
+from stages.config import GenerationConfig
+from stages.sources import sample_seed
+from stages.stage_one import kept_view_cameras
+from stages.synthetic.errors import SyntheticWorldError
+from stages.synthetic.figures import load_figure, pose_figure, randomise_colours, spec_for
+from stages.synthetic.mocap import load_clip, pose_at
+from stages.synthetic.render import radius_to_fit, render_views
+
+SPLITS = ("train", "test")
+HUMANOID_CLIPS = {
+    "train": (
+        "walk",
+        "run",
+        "jump",
+        "kick",
+        "dance_a",
+        "cartwheel",
+        "backflip",
+        "spin",
+        "roll",
+        "getup_facedown",
+    ),
+    "test": ("punch", "dance_b", "spinkick", "crawl", "getup_faceup"),
+}
+QUADRUPED_SEGMENTS = {"train": (0.0, 0.7), "test": (0.7, 1.0)}
+"""Fractions of the laikago walk clip per split (the only quadruped clip there is)."""
+HALF_EXTENT = {"humanoid": 1.0, "quadruped": 0.55}
+"""Radius (m) of a sphere that holds the posed figure, for the default camera distance."""
+
+
+@dataclass(frozen=True)
+class SyntheticWorldConfig:
+    """Which figures, motions and appearances a synthetic cache holds."""
+
+    category: str = "humanoid"
+    """'humanoid' or 'quadruped'."""
+    split: str = "train"
+    """'train' or 'test': disjoint motion clips (humanoid) or clip segments (quadruped)."""
+    num_samples: int = 1000
+    """Samples to generate."""
+    seed: int = 0
+    """Each sample's clip, time, colours, light, yaw and shift come from (seed, sample id)."""
+    radius: float | None = None
+    """Camera distance in metres; None fits the figure in the view at the orbit's fov."""
+    max_shift: float = 0.05
+    """Largest random translation of the figure, metres, per axis."""
+
+    def __post_init__(self) -> None:
+        spec_for(self.category)
+        if self.split not in SPLITS:
+            raise SyntheticWorldError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.num_samples < 1:
+            raise SyntheticWorldError(f"num_samples must be >= 1, got {self.num_samples}")
+
+    def clips(self) -> tuple[str, ...]:
+        if self.category == "humanoid":
+            return tuple(f"humanoid3d_{name}" for name in HUMANOID_CLIPS[self.split])
+        return ("laikago_walk",)
+
+    def camera_radius(self, fov_deg: float) -> float:
+        return self.radius or radius_to_fit(HALF_EXTENT[self.category], fov_deg)
+
+    def sample_ids(self) -> list[str]:
+        return [f"{self.category}/{self.split}/{i:06d}" for i in range(self.num_samples)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "clips": list(self.clips())}
+
+
+def ground_truth_spec(category: str) -> GroundTruthSpec:
+    return GroundTruthSpec(tuple(name for name, _ in spec_for(category).keypoints))
+
+
+class SyntheticRenderer:
+    """Renders samples of one world in its own pybullet client (one per process)."""
+
+    name = "render"
+
+    def __init__(self, world: SyntheticWorldConfig, config: GenerationConfig):
+        """config: the resolved stage-one config (its orbit radius and resolution are used)."""
+        import pybullet as pb
+
+        if config.resolution is None:
+            raise SyntheticWorldError("the render backend needs an explicit resolution")
+        self.world = world
+        self.config = config
+        self.size = config.resolution
+        self.client = pb.connect(pb.DIRECT)
+        self.figure = load_figure(self.client, world.category)
+        self.clips = {name: load_clip(name) for name in world.clips()}
+        self.intrinsics, self.world_to_camera = kept_view_cameras(config, self.size)
+
+    def __call__(self, sample_id: str) -> tuple[dict, float]:
+        """(arrays of one sample, seconds spent rendering), for `write_shard`."""
+        tic = time.perf_counter()
+        rows = self.make_sample(sample_id, self.intrinsics, self.world_to_camera)
+        return rows, time.perf_counter() - tic
+
+    def make_sample(self, sample_id: str, intrinsics: np.ndarray, world_to_camera: np.ndarray) -> dict:
+        """Every data array of one sample, ground truth included (no sample axis).
+
+        intrinsics (K, 3, 3) and world_to_camera (K, 4, 4) are the kept views' cameras;
+        view 0 (azimuth 0) is also the input image.
+        """
+        rng = np.random.default_rng(sample_seed(self.world.seed, sample_id))
+        name = self.world.clips()[int(rng.integers(len(self.world.clips())))]
+        clip = self.clips[name]
+        low, high = (0.0, 1.0)
+        if self.world.category == "quadruped":
+            low, high = QUADRUPED_SEGMENTS[self.world.split]
+        t = float(rng.uniform(low, high)) * clip.duration
+        randomise_colours(self.figure, rng)
+        joints = pose_figure(self.figure, pose_at(clip, t), rng, self.world.max_shift)
+        light = rng.normal(size=3) + np.array([0.0, 0.0, 2.0])
+        views, masks = render_views(self.client, intrinsics, world_to_camera, self.size, light)
+        uv, depth = project_points(joints, intrinsics, world_to_camera)
+        inside = (depth > 0) & np.all((uv >= 0) & (uv < self.size), axis=-1)
+        size = float(self.size)
+        return {
+            "input_image": views[0],
+            "input_mask": masks[0],
+            "crop_box": np.array([0.0, 0.0, size]),
+            "source_size": np.array([self.size, self.size], dtype=np.int32),
+            "views": views,
+            "view_masks": masks,
+            "intrinsics": intrinsics.astype(np.float32),
+            "world_to_camera": world_to_camera.astype(np.float32),
+            "ground_truth/joints_3d": joints.astype(np.float32),
+            "ground_truth/joints_2d": uv.astype(np.float32),
+            "ground_truth/joints_2d_visible": inside.astype(np.uint8),
+        }
