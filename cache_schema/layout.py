@@ -118,6 +118,10 @@ class CacheLayout:
         start = shard * self.samples_per_shard
         return start, min(start + self.samples_per_shard, self.num_samples)
 
+    def samples_in(self, shards: list[int] | tuple[int, ...]) -> int:
+        """How many samples the given shards hold together."""
+        return sum(stop - start for start, stop in map(self.shard_range, shards))
+
     def arrays(self) -> dict[str, ArraySpec]:
         """Every array of the store, by name."""
         n, size, k, s = self.num_samples, self.image_size, self.num_views, self.samples_per_shard

@@ -93,7 +93,7 @@ def run_generate(job: GenerateJob) -> RunSummary:
     store = open_or_create(Path(job.out), metadata, ids, job.overwrite)
     summary = RunSummary(store=Path(job.out), total=len(ids), bytes_before=store.bytes_on_disk())
     shards = store.shards_to_do(job.retry_failed)
-    queued = sum(stop - start for start, stop in map(store.layout.shard_range, shards))
+    queued = store.layout.samples_in(shards)
     tic = time.perf_counter()
     if job.parallel:
         run_dask(

@@ -118,8 +118,9 @@ def run_local(
     progress: bool = True,
 ) -> None:
     """All shards in this process, one after the other. items: one per sample, in order."""
-    todo = sum(_shard_len(store, s) for s in shards)
-    with tqdm(total=todo, desc="stage one", unit="sample", disable=not progress) as bar:
+    with tqdm(
+        total=store.layout.samples_in(list(shards)), desc="stage one", unit="sample", disable=not progress
+    ) as bar:
         for shard in shards:
             start, stop = store.layout.shard_range(shard)
             ids, make_sample = spec.sample_maker(list(items[start:stop]))
@@ -200,8 +201,9 @@ def _submit_and_collect(
             pure=False,
         )
         futures[future] = (shard, stop - start)
-    total = sum(n for _, n in futures.values())
-    with tqdm(total=total, desc="stage one", unit="img", disable=not progress) as bar:
+    with tqdm(
+        total=store.layout.samples_in(list(shards)), desc="stage one", unit="sample", disable=not progress
+    ) as bar:
         for future in as_completed(futures):
             shard, count = futures[future]
             try:
@@ -209,8 +211,3 @@ def _submit_and_collect(
             except Exception as exc:  # noqa: BLE001 - reported; the shard stays pending
                 summary.errors.append((shard, f"{type(exc).__name__}: {exc}"))
             bar.update(count)
-
-
-def _shard_len(store: CacheStore, shard: int) -> int:
-    start, stop = store.layout.shard_range(shard)
-    return stop - start

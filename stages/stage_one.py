@@ -1,9 +1,10 @@
-"""Stage one for one shard: prepare images, generate views and features, write the shard.
+"""Stage one for one shard: make each unfinished sample, then write the whole shard.
 
-Backends (SV3D-p diffusion, the synthetic renderer) differ only in how they turn a
-prepared input image into K views and optional features; everything else (masks,
-cameras, failure handling, the shard write) is here, so every backend writes the
-same schema.
+`write_shard` is shared by every source: it takes a `make_sample(sample_id)` callable
+and owns skipping, failure recording and the status-last write. For image files,
+`ImageSampleMaker` loads and prepares the image, asks a view backend (SV3D-p) for the
+kept views and features, and adds masks and cameras here, so that every view backend
+writes the same schema; the synthetic renderer makes its samples itself.
 """
 
 from __future__ import annotations

@@ -93,8 +93,6 @@ def ground_truth_spec(category: str) -> GroundTruthSpec:
 class SyntheticRenderer:
     """Renders samples of one world in its own pybullet client (one per process)."""
 
-    name = "render"
-
     def __init__(self, world: SyntheticWorldConfig, config: GenerationConfig):
         """config: the resolved stage-one config (its orbit radius and resolution are used)."""
         import pybullet as pb
