@@ -1,30 +1,180 @@
-"""`keydiff3d-train`: stage two. Not implemented yet (see the issue "Stage two")."""
+"""`keydiff3d-train`: stage two on the command line (thin: parse, build the config, call)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import typer
+from tqdm.auto import tqdm
+
+from cache_schema import CacheError, CacheReader
+from pipeline.train_report import write_loss_curve, write_preview
+from stages.errors import StageError
+from stages.keypoints.checkpoint import latest_checkpoint, load_model
+from stages.keypoints.config import preset
+from stages.keypoints.losses import StepOutputs
+from stages.keypoints.model import KeyDiff3DModel
+from stages.keypoints.predict import predict_cache
+from stages.keypoints.training import METRICS, FitJob, fit, resolve_device
 
 app = typer.Typer(
-    help="Stage two of KeyDiff3D (3D lifter and keypoint head). NOT IMPLEMENTED YET: "
-    "this release only builds stage-one caches.",
+    help="Stage two of KeyDiff3D: learn 3D keypoints from cached views by reconstruction.",
     no_args_is_help=True,
     add_completion=False,
 )
 
 
-@app.command()
-def fit() -> None:
-    """Train from cached shards (not implemented yet: exits with status 3)."""
-    typer.secho(
-        "keydiff3d-train fit is not implemented yet: stage two (lifter, keypoint head, "
-        "reconstruction) has not landed. Nothing was trained.",
-        fg=typer.colors.YELLOW,
-        err=True,
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _feature_source(choice: str, caches: list[Path]) -> str:
+    if choice != "auto":
+        return choice
+    has_features = bool(CacheReader(caches[0]).layout.feature_layers)
+    return "diffusion" if has_features else "pixels"
+
+
+def _preview_writer(run_dir: Path):  # noqa: ANN202
+    def on_checkpoint(
+        step: int, directory: Path, batch: dict, outputs: StepOutputs, model: KeyDiff3DModel
+    ) -> None:
+        write_preview(
+            run_dir / "previews" / f"step_{step:08d}.png",
+            batch["views"].float().cpu().numpy(),
+            outputs.reconstruction.detach().float().cpu().numpy(),
+            outputs.uv.detach().float().cpu().numpy(),
+            outputs.keypoints.detach().float().cpu().numpy(),
+            model.edge_weights().detach().float().cpu().numpy(),
+            f"step {step}",
+        )
+
+    return on_checkpoint
+
+
+@app.command("fit")
+def fit_command(
+    caches: list[Path] = typer.Argument(..., help="One or more stage-one caches (Zarr stores)."),
+    out: Path = typer.Option(..., "--out", help="Run directory (config, checkpoints, metrics, previews)."),
+    preset_name: str = typer.Option(
+        "cpu", "--preset", help="paper | cpu (then the options below override it)."
+    ),
+    steps: int | None = typer.Option(None, help="Total training steps (with --resume: continue up to this)."),
+    seed: int | None = typer.Option(None, help="Seed of initialisation, batches and augmentation."),
+    batch_size: int | None = typer.Option(None, help="Samples per step."),
+    num_keypoints: int | None = typer.Option(None, help="N, keypoints to discover (18, 32, 48...)."),
+    views: int | None = typer.Option(None, help="K, cached views used (input first); 1 = single view."),
+    volume_size: int | None = typer.Option(None, help="M, voxels per side."),
+    features: str = typer.Option(
+        "auto",
+        help="diffusion (cached UNet features) | pixels (CNN over views) | auto (diffusion if cached).",
+    ),
+    aggregation: str | None = typer.Option(
+        None, help="softmax (attention over views) | mean (visible views)."
+    ),
+    perceptual: str | None = typer.Option(
+        None, help="vgg (VGG16 ImageNet features, needs the weights) | ssim (explicit fallback)."
+    ),
+    vgg_weights: Path | None = typer.Option(
+        None, help="VGG16 checkpoint (vgg16-397923af.pth); default: the torch hub cache."
+    ),
+    lr: float | None = typer.Option(None, help="Learning rate of the keypoint network."),
+    lr_reconstruction: float | None = typer.Option(None, help="Learning rate of the reconstruction network."),
+    lambda_rotation: float | None = typer.Option(None, help="Weight of the 3D rotation consistency loss."),
+    checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (each writes a PNG)."),
+    log_every: int | None = typer.Option(None, help="Steps between metrics.jsonl lines."),
+    workers: int | None = typer.Option(None, help="Data loader worker processes."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train the keypoint model on cached views (and features); resumable."""
+    try:
+        config = preset(
+            preset_name,
+            steps=steps,
+            seed=seed,
+            batch_size=batch_size,
+            num_keypoints=num_keypoints,
+            num_views=views,
+            volume_size=volume_size,
+            feature_source=_feature_source(features, caches),
+            aggregation=aggregation,
+            perceptual=perceptual,
+            lr=lr,
+            lr_reconstruction=lr_reconstruction,
+            lambda_rotation=lambda_rotation,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+            loader_workers=workers,
+        )
+        job = FitJob(tuple(caches), out, config, device, resume, vgg_weights)
+        bar = tqdm(total=config.steps, desc="training", unit="step", disable=not progress)
+
+        def on_step(step: int, terms: dict[str, float]) -> None:
+            bar.n = step
+            bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
+            bar.refresh()
+
+        summary = fit(job, on_step, _preview_writer(out))
+        bar.close()
+    except (StageError, CacheError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    curve = write_loss_curve(out / METRICS, out / "loss_curve.png")
+    ran = summary.final_step - summary.start_step
+    typer.echo(
+        f"trained steps {summary.start_step}..{summary.final_step} ({ran} this run) "
+        f"in {summary.seconds:.1f} s"
     )
-    raise typer.Exit(3)
+    if ran:
+        typer.echo(
+            f"  {summary.seconds / ran:.3f} s/step, waiting for data "
+            f"{100 * summary.wait_fraction:.1f}% of the time"
+        )
+        typer.echo("  last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.last_terms.items()))
+    typer.echo(f"  checkpoint: {latest_checkpoint(out)}")
+    typer.echo(f"  previews:   {out / 'previews'}")
+    typer.echo(f"  losses:     {out / METRICS} and {curve}")
 
 
-@app.command()
-def status() -> None:
-    """Say what stage two can do in this release."""
-    typer.echo("stage two: not implemented yet; use keydiff3d-cache to build caches")
+@app.command("predict")
+def predict_command(
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory written by `fit` (its last checkpoint is used)."
+    ),
+    cache: Path = typer.Argument(..., help="Cache to predict (every done sample)."),
+    out: Path = typer.Option(..., "--out", help="keypoints.json or keypoints.npz"),
+    batch_size: int = typer.Option(8, help="Samples per forward pass."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """Keypoints for every done sample: 3D in the cache's world frame and 2D per view."""
+    try:
+        if out.suffix not in (".json", ".npz"):
+            raise ValueError(f"--out {out}: must end in .json or .npz")
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ValueError(f"{run_dir}: no checkpoint yet (run `keydiff3d-train fit` first)")
+        config = json.loads((run_dir / "config.json").read_text())["stage_two"]
+        model = load_model(checkpoint)
+        total = len(CacheReader(cache).done_indices())
+        with tqdm(total=total, desc="predicting", unit="sample") as bar:
+            result = predict_cache(
+                model, cache, config["num_views"], batch_size, resolve_device(device), bar.update
+            )
+    except (StageError, CacheError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    result["edge_weights"] = model.edge_weights().detach().cpu().numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, **result)
+    else:
+        record = {k: v.tolist() for k, v in result.items()}
+        record["checkpoint"] = str(checkpoint)
+        record["frame"] = "cache world frame (keypoints_3d); view pixels, corner at 0 (keypoints_2d)"
+        out.write_text(json.dumps(record))
+    typer.echo(f"wrote keypoints of {len(result['index'])} samples from {checkpoint.name} to {out}")

@@ -1,0 +1,64 @@
+"""Random affine augmentation of the input view's appearance, and random world rotations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from stages.keypoints.errors import ShapeError
+
+
+def random_affine(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    max_rotation_deg: float,
+    scale_range: float,
+    max_translate: float,
+) -> torch.Tensor:
+    """Rotate, scale and shift each image at random; uncovered pixels become white.
+
+    images (B, 3, H, W) in [0, 1]; the generator must live on the CPU. Returns (B, 3, H, W).
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ShapeError(f"images: expected (B, 3, H, W), got {tuple(images.shape)}")
+    b = images.shape[0]
+    uniform = torch.rand(b, 4, generator=generator, dtype=torch.float64) * 2.0 - 1.0
+    angle = uniform[:, 0] * math.radians(max_rotation_deg)
+    scale = 1.0 + uniform[:, 1] * scale_range
+    shift = uniform[:, 2:] * max_translate * 2.0  # normalised coordinates span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
+    ).to(images)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # Sample the distance to white so that padding with zeros pads with white.
+    return 1.0 - F.grid_sample(1.0 - images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_z_rotations(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Rotations about the world's up axis (+z) by uniform angles. Returns (B, 3, 3) float64."""
+    angle = torch.rand(batch, generator=generator, dtype=torch.float64) * 2.0 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero, one = torch.zeros_like(angle), torch.ones_like(angle)
+    return torch.stack(
+        [
+            torch.stack([cos, -sin, zero], dim=1),
+            torch.stack([sin, cos, zero], dim=1),
+            torch.stack([zero, zero, one], dim=1),
+        ],
+        dim=1,
+    )
+
+
+def rotate_cameras(world_to_camera: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Cameras that see the world rotated by R exactly as the originals saw it unrotated.
+
+    world_to_camera (B, V, 4, 4); rotation (B, 3, 3). Returns (B, V, 4, 4) = T @ [R^T 0; 0 1].
+    """
+    inverse = torch.eye(4, dtype=world_to_camera.dtype, device=world_to_camera.device).repeat(
+        rotation.shape[0], 1, 1
+    )
+    inverse[:, :3, :3] = rotation.transpose(1, 2).to(world_to_camera)
+    return world_to_camera @ inverse.unsqueeze(1)

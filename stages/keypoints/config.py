@@ -1,0 +1,142 @@
+"""The stage-two config: model, losses and optimisation, with the `paper` and `cpu` presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from stages.errors import ConfigError
+
+FEATURE_SOURCES = ("diffusion", "pixels")
+AGGREGATIONS = ("softmax", "mean")
+PERCEPTUAL_KINDS = ("vgg", "ssim")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StageTwoConfig:
+    """Everything that defines a stage-two run (saved as config.json in the run directory)."""
+
+    num_keypoints: int = 18
+    """N, keypoints discovered (paper: 18; 32 and 48 also reported)."""
+    num_views: int = 4
+    """K, cached views used, input view first (paper: 4; 1 is the single-view ablation)."""
+    volume_size: int = 72
+    """M, voxels per side of the lifting grid (paper: 72)."""
+    volume_half_extent: float | None = None
+    """Half side of the voxel cube (world units); None: the half-width of the view frustum
+    at the orbit centre, radius * tan(fov / 2), read from the cache's cameras."""
+    feature_source: str = "diffusion"
+    """'diffusion' (the cached UNet decoder features) or 'pixels' (a small CNN over the views)."""
+    feature_channels: int = 64
+    """C', channels of each hyperfeature bottleneck (and of the pixel CNN)."""
+    feature_size: int = 72
+    """Side of the common hyperfeature resolution, h = w."""
+    keypoint_channels: int = 32
+    """Channels of phi_kp's per-view keypoint features, lifted into the volume."""
+    aggregation: str = "softmax"
+    """How views are combined per voxel: 'softmax' attention (paper) or 'mean' over visible views."""
+    volume_channels: tuple[int, ...] = (32, 64, 128)
+    """Channels of the V2V encoder levels (each level halves M)."""
+    render_size: int = 128
+    """Side of the reconstructed views and structure maps (views are resized to it)."""
+    edge_sigma: float = 1.5
+    """Width of the Gaussian line segments, pixels at render_size."""
+    heatmap_sigma: float = 2.0
+    """Width of the per-keypoint Gaussian heatmaps, pixels at render_size."""
+    decoder_channels: int = 64
+    """Base channels of the reconstruction network (appearance encoder and decoder)."""
+    perceptual: str = "vgg"
+    """'vgg' (VGG16 ImageNet features, the paper) or 'ssim' (explicit fallback, no weights)."""
+    lambda_perceptual: float = 1.0
+    lambda_mask: float = 0.5
+    lambda_rotation: float = 0.0
+    """Weight of the optional consistency loss under random 3D rotations (0: off)."""
+    augment_rotation_deg: float = 10.0
+    """Random affine augmentation of the input image's appearance: max rotation."""
+    augment_scale: float = 0.1
+    """... relative scale range (1 +- this)."""
+    augment_translate: float = 0.05
+    """... translation as a fraction of the image side."""
+    batch_size: int = 4
+    steps: int = 20_000
+    lr: float = 1e-4
+    """AdamW learning rate of the keypoint network (features, head, lifting, V2V, adjacency)."""
+    lr_reconstruction: float = 1e-3
+    """AdamW learning rate of the reconstruction network (appearance encoder and decoder)."""
+    weight_decay: float = 1e-2
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    loader_workers: int = 2
+    """Data loader worker processes (0 loads in the training process)."""
+    mixed_precision: bool = True
+    """bf16 autocast on CUDA; ignored on CPU."""
+
+    def __post_init__(self) -> None:
+        _choice("feature_source", self.feature_source, FEATURE_SOURCES)
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        _choice("perceptual", self.perceptual, PERCEPTUAL_KINDS)
+        for name in ("num_keypoints", "num_views", "volume_size", "batch_size", "steps", "render_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_keypoints < 2:
+            raise ConfigError(f"num_keypoints must be >= 2 (edges join pairs), got {self.num_keypoints}")
+        levels = len(self.volume_channels)
+        if self.volume_size % (2 ** (levels - 1)):
+            raise ConfigError(
+                f"volume_size {self.volume_size} must be divisible by 2^{levels - 1} "
+                f"(one halving per V2V level after the first, volume_channels={self.volume_channels})"
+            )
+        if self.render_size % 8:
+            raise ConfigError(f"render_size must be a multiple of 8, got {self.render_size}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ConfigError("checkpoint_every and log_every must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageTwoConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown stage-two config fields {unknown}")
+        values = dict(data)
+        if "volume_channels" in values:
+            values["volume_channels"] = tuple(values["volume_channels"])
+        return cls(**values)
+
+
+PRESETS: dict[str, StageTwoConfig] = {
+    "paper": StageTwoConfig(),
+    # Small enough to learn on 2 CPU cores in minutes: a 24^3 volume, 64 px reconstruction.
+    "cpu": StageTwoConfig(
+        volume_size=24,
+        feature_channels=32,
+        feature_size=32,
+        keypoint_channels=16,
+        volume_channels=(16, 32, 64),
+        render_size=64,
+        edge_sigma=1.0,
+        heatmap_sigma=1.5,
+        decoder_channels=32,
+        steps=1500,
+        lr=1e-3,
+        lr_reconstruction=1e-3,
+        checkpoint_every=250,
+        loader_workers=1,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> StageTwoConfig:
+    """A preset with some fields replaced (None values are ignored)."""
+    if name not in PRESETS:
+        raise ConfigError(f"--preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,125 @@
+"""KeyDiff3D's stage-two network: features -> voxel volume -> 3D keypoints -> skeleton -> views."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from stages.keypoints import geometry
+from stages.keypoints.decoder import AppearanceEncoder, ViewDecoder
+from stages.keypoints.features import HyperfeatureAggregator, KeypointHead, PixelEncoder
+from stages.keypoints.v2v import V2VNet
+
+
+class KeyDiff3DModel(ModelMixin, ConfigMixin):
+    """All trainable parts of stage two; `save_pretrained` / `from_pretrained` on local dirs."""
+
+    @register_to_config
+    def __init__(
+        self,
+        image_size: int,
+        volume_half_extent: float,
+        feature_layer_channels: tuple[int, ...] = (),
+        feature_source: str = "diffusion",
+        num_keypoints: int = 18,
+        volume_size: int = 72,
+        feature_channels: int = 64,
+        feature_size: int = 72,
+        keypoint_channels: int = 32,
+        aggregation: str = "softmax",
+        volume_channels: tuple[int, ...] = (32, 64, 128),
+        render_size: int = 128,
+        edge_sigma: float = 1.5,
+        heatmap_sigma: float = 2.0,
+        decoder_channels: int = 64,
+    ):
+        super().__init__()
+        if feature_source == "diffusion":
+            self.features = HyperfeatureAggregator(
+                tuple(feature_layer_channels), feature_channels, feature_size
+            )
+        else:
+            self.features = PixelEncoder(feature_channels, feature_size)
+        self.keypoint_head = KeypointHead(feature_channels, keypoint_channels)
+        self.volume_net = V2VNet(keypoint_channels, num_keypoints, tuple(volume_channels))
+        # Small random values break the symmetry between pairs from the first step.
+        self.adjacency = nn.Parameter(torch.randn(num_keypoints, num_keypoints) * 0.01)
+        self.appearance = AppearanceEncoder(decoder_channels)
+        self.decoder = ViewDecoder(num_keypoints + 1, decoder_channels)
+        centres = geometry.voxel_centres(volume_size, volume_half_extent)
+        self.register_buffer("voxel_centres", centres, persistent=False)
+
+    def keypoint_parameters(self) -> list[nn.Parameter]:
+        """The keypoint network (lr), as opposed to the reconstruction network (lr_reconstruction)."""
+        parts = (self.features, self.keypoint_head, self.volume_net)
+        return [p for part in parts for p in part.parameters()] + [self.adjacency]
+
+    def reconstruction_parameters(self) -> list[nn.Parameter]:
+        return list(self.appearance.parameters()) + list(self.decoder.parameters())
+
+    def edge_weights(self) -> torch.Tensor:
+        """w_ij = softplus(A_ij), symmetric, zero diagonal. Shape (N, N)."""
+        weights = F.softplus(0.5 * (self.adjacency + self.adjacency.T))
+        return weights * (1.0 - torch.eye(len(weights), device=weights.device, dtype=weights.dtype))
+
+    def view_features(self, inputs: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """Cached layers [(B, V, C_l, h_l, w_l)] or views (B, V, 3, H, W) -> (B, V, C', h, w)."""
+        return self.features(inputs)
+
+    def lift(
+        self, features: torch.Tensor, intrinsics: torch.Tensor, world_to_camera: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-view features (B, V, C', h, w) -> voxel volume (B, C, M, M, M) in the world frame.
+
+        intrinsics (B, V, 3, 3) and world_to_camera (B, V, 4, 4) are the cache's cameras at
+        image_size pixels.
+        """
+        head = self.keypoint_head(features)
+        b = head.shape[0]
+        m = self.config.volume_size
+        points = self.voxel_centres.reshape(1, -1, 3).expand(b, -1, -1).to(head.dtype)
+        uv, depth = geometry.project_to_views(
+            points, intrinsics.to(head.dtype), world_to_camera.to(head.dtype)
+        )
+        sampled, inside = geometry.sample_views(head, uv, self.config.image_size, depth=depth)
+        values, logits = sampled[:, :, :-1], sampled[:, :, -1]
+        if self.config.aggregation == "softmax":
+            volume = geometry.aggregate_views_softmax(values, logits, inside)
+        else:
+            volume = geometry.aggregate_views_mean(values, inside)
+        return volume.reshape(b, -1, m, m, m)
+
+    def predict_keypoints(
+        self,
+        inputs: list[torch.Tensor] | torch.Tensor,
+        intrinsics: torch.Tensor,
+        world_to_camera: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """3D keypoints (B, N, 3) in the world frame and their voxel probabilities (B, N, M, M, M)."""
+        volume = self.lift(self.view_features(inputs), intrinsics, world_to_camera)
+        heatmaps = self.volume_net(volume)
+        return geometry.soft_argmax_3d(heatmaps, self.voxel_centres.to(heatmaps.dtype))
+
+    def project(
+        self, keypoints: torch.Tensor, intrinsics: torch.Tensor, world_to_camera: torch.Tensor
+    ) -> torch.Tensor:
+        """Keypoints (B, N, 3) -> pixels (B, V, N, 2) at render_size."""
+        scale = self.config.render_size / self.config.image_size
+        scaled = intrinsics.clone()
+        scaled[..., :2, :] = scaled[..., :2, :] * scale
+        uv, _ = geometry.project_to_views(keypoints, scaled, world_to_camera)
+        return uv
+
+    def structure_maps(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edge maps (B, V, H, W) and structure input (B, V, N + 1, H, W) at render_size."""
+        size = self.config.render_size
+        edges = geometry.edge_maps(uv, self.edge_weights(), size, size, self.config.edge_sigma)
+        heatmaps = geometry.gaussian_heatmaps(uv, size, size, self.config.heatmap_sigma)
+        return edges, torch.cat([edges.unsqueeze(2), heatmaps], dim=2)
+
+    def reconstruct(self, structure: torch.Tensor, appearance_image: torch.Tensor) -> torch.Tensor:
+        """Structure (B, V, N + 1, H, W) and the input view (B, 3, H, W) -> views (B, V, 3, H, W)."""
+        return self.decoder(structure, self.appearance(appearance_image))

@@ -1,0 +1,71 @@
+"""Keypoints for every done sample of a cache, with a trained model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache_schema import CacheReader
+from stages.keypoints import geometry
+from stages.keypoints.data import CacheTrainingSet
+from stages.keypoints.errors import TrainingError
+from stages.keypoints.losses import model_inputs
+from stages.keypoints.model import KeyDiff3DModel
+
+
+def predict_cache(
+    model: KeyDiff3DModel,
+    cache: Path,
+    num_views: int,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Predict every done sample of `cache`.
+
+    Returns sample_id (n,), index (n,), keypoints_3d (n, N, 3) in the cache's world frame,
+    keypoints_2d (n, V, N, 2) in the cache's view pixels (all kept views, not only the
+    `num_views` the model reads) and depth (n, V, N). progress(samples_done) per batch.
+    """
+    reader = CacheReader(cache)
+    if reader.layout.image_size != model.config.image_size:
+        raise TrainingError(
+            f"{cache}: image size {reader.layout.image_size} differs from "
+            f"the model's {model.config.image_size}"
+        )
+    wanted = (
+        [name for name in reader.feature_array_names()] if model.config.feature_source == "diffusion" else []
+    )
+    if model.config.feature_source == "diffusion" and len(wanted) != len(model.config.feature_layer_channels):
+        raise TrainingError(f"{cache}: feature layers {wanted} do not match the model's")
+    dataset = CacheTrainingSet([cache], num_views, model.config.render_size, bool(wanted))
+    all_views = CacheTrainingSet([cache], reader.layout.num_views, model.config.render_size, False)
+    model = model.to(device).eval()
+    points, pixels, depths = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            rows = list(range(start, min(start + batch_size, len(dataset))))
+            batch = {k: v.to(device) for k, v in dataset.__getitems__(rows).items()}
+            keypoints, _ = model.predict_keypoints(
+                model_inputs(model, batch), batch["intrinsics"], batch["world_to_camera"]
+            )
+            cameras = all_views.__getitems__(rows)
+            uv, depth = geometry.project_to_views(
+                keypoints, cameras["intrinsics"].to(device), cameras["world_to_camera"].to(device)
+            )
+            points.append(keypoints.cpu().numpy())
+            pixels.append(uv.cpu().numpy())
+            depths.append(depth.cpu().numpy())
+            if progress is not None:
+                progress(len(rows))
+    indices = dataset.items[:, 1]
+    return {
+        "sample_id": reader.sample_ids()[indices],
+        "index": indices,
+        "keypoints_3d": np.concatenate(points).astype(np.float32),
+        "keypoints_2d": np.concatenate(pixels).astype(np.float32),
+        "depth": np.concatenate(depths).astype(np.float32),
+    }

@@ -1,0 +1,252 @@
+"""The stage-two training loop (library side: no CLI, no progress bars; callbacks instead)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.keypoints.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from stages.keypoints.config import StageTwoConfig
+from stages.keypoints.data import CacheTrainingSet, StepBatchSampler, keep_batch, summarise_caches
+from stages.keypoints.errors import TrainingError
+from stages.keypoints.losses import StepOutputs, training_losses
+from stages.keypoints.model import KeyDiff3DModel
+from stages.keypoints.perceptual import build_perceptual_loss
+
+# Fields that may change between a run and its resumption: they do not change what is learned.
+RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every", "loader_workers")
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One training run."""
+
+    caches: tuple[Path, ...]
+    run_dir: Path
+    config: StageTwoConfig
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."""
+    resume: bool = False
+    """Continue from the run directory's last checkpoint up to config.steps."""
+    vgg_weights: Path | None = None
+    """VGG16 ImageNet checkpoint; None looks in the torch hub cache."""
+
+
+@dataclass
+class FitSummary:
+    start_step: int
+    final_step: int
+    seconds: float = 0.0
+    wait_seconds: float = 0.0
+    """Time the loop spent blocked on the data loader."""
+    last_terms: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+    @property
+    def wait_fraction(self) -> float:
+        return self.wait_seconds / self.seconds if self.seconds else 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDiff3DModel, dict[str, Any]]:
+    """The initialised model for these caches (seeded by config.seed) and the run's data record."""
+    summary = summarise_caches(caches, config.num_views, config.feature_source)
+    half_extent = config.volume_half_extent or summary.camera_radius * math.tan(
+        math.radians(summary.fov_deg) / 2.0
+    )
+    # Seed inside a forked RNG state: building a model must not reseed the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = KeyDiff3DModel(
+            image_size=summary.image_size,
+            volume_half_extent=float(half_extent),
+            feature_layer_channels=tuple(layer.channels for layer in summary.feature_layers),
+            feature_source=config.feature_source,
+            num_keypoints=config.num_keypoints,
+            volume_size=config.volume_size,
+            feature_channels=config.feature_channels,
+            feature_size=config.feature_size,
+            keypoint_channels=config.keypoint_channels,
+            aggregation=config.aggregation,
+            volume_channels=config.volume_channels,
+            render_size=config.render_size,
+            edge_sigma=config.edge_sigma,
+            heatmap_sigma=config.heatmap_sigma,
+            decoder_channels=config.decoder_channels,
+        )
+    record = {
+        "caches": [str(Path(c).resolve()) for c in caches],
+        "fingerprints": list(summary.fingerprints),
+        "done_samples": summary.num_samples,
+        "image_size": summary.image_size,
+        "volume_half_extent": half_extent,
+        "feature_layers": [layer.array_name for layer in summary.feature_layers],
+    }
+    return model, record
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of one step's augmentation: a function of (seed, step) only."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def fit(
+    job: FitJob,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[int, Path, dict[str, torch.Tensor], StepOutputs, KeyDiff3DModel], None]
+    | None = None,
+) -> FitSummary:
+    """Train (or resume) up to job.config.steps; checkpoints every config.checkpoint_every steps.
+
+    progress(step, terms) is called after every step; on_checkpoint(step, directory, batch,
+    outputs, model) after every checkpoint (for previews).
+    """
+    config = job.config
+    run_dir = Path(job.run_dir)
+    device = resolve_device(job.device)
+    perceptual = build_perceptual_loss(config.perceptual, job.vgg_weights).to(device)
+    model, record = build_model(config, tuple(job.caches))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.keypoint_parameters(), "lr": config.lr},
+            {"params": model.reconstruction_parameters(), "lr": config.lr_reconstruction},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    start = _prepare_run_dir(job, model, optimizer, record)
+    model.to(device).train()
+    _move_optimizer_state(optimizer, device)
+    summary = FitSummary(start_step=start, final_step=start)
+    if start >= config.steps:
+        return summary
+
+    dataset = CacheTrainingSet(
+        job.caches, config.num_views, config.render_size, config.feature_source == "diffusion"
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(len(dataset), config.batch_size, config.seed, start, config.steps),
+        num_workers=config.loader_workers,
+        collate_fn=keep_batch,
+        pin_memory=device.type == "cuda",
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and config.mixed_precision
+        else contextlib.nullcontext()
+    )
+    metrics = (run_dir / METRICS).open("a")
+    tic = time.perf_counter()
+    batches = iter(loader)
+    try:
+        for step in range(start, config.steps):
+            wait = time.perf_counter()
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            summary.wait_seconds += time.perf_counter() - wait
+            with autocast:
+                terms, outputs = training_losses(
+                    model, perceptual, batch, config, step_generator(config.seed, step)
+                )
+            values = {name: float(value.detach()) for name, value in terms.items()}
+            for name, value in values.items():
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"step {step + 1}: loss term '{name}' is {value}; stopping (last checkpoint: "
+                        f"{latest_checkpoint(run_dir)})"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            done = step + 1
+            summary.final_step, summary.last_terms = done, values
+            if done % config.log_every == 0 or done == config.steps:
+                metrics.write(
+                    json.dumps({"step": done, **values, "seconds": time.perf_counter() - tic}) + "\n"
+                )
+                metrics.flush()
+            if progress is not None:
+                progress(done, values)
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                state = {"seed": config.seed, "terms": values}
+                summary.checkpoint = save_checkpoint(run_dir, done, model, optimizer, state)
+                if on_checkpoint is not None:
+                    on_checkpoint(done, summary.checkpoint, batch, outputs, model)
+    finally:
+        metrics.close()
+        summary.seconds = time.perf_counter() - tic
+    return summary
+
+
+def _prepare_run_dir(
+    job: FitJob, model: KeyDiff3DModel, optimizer: torch.optim.Optimizer, record: dict[str, Any]
+) -> int:
+    """Write config.json for a new run, or check it and restore the last checkpoint.
+
+    Returns the step to start from."""
+    run_dir = Path(job.run_dir)
+    config_path = run_dir / CONFIG
+    resolved = {"stage_two": job.config.to_dict(), "data": record}
+    if not job.resume:
+        if config_path.exists():
+            raise TrainingError(
+                f"{run_dir} already holds a run: pass --resume to continue it, or use a new --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        (run_dir / METRICS).write_text("")
+        return 0
+    if not config_path.is_file():
+        raise TrainingError(f"--resume: {run_dir} holds no run (no {CONFIG})")
+    saved = json.loads(config_path.read_text())
+    current = json.loads(json.dumps(job.config.to_dict()))
+    changed = [k for k, v in saved["stage_two"].items() if k not in RESUMABLE_FIELDS and current.get(k) != v]
+    if changed:
+        raise TrainingError(
+            f"--resume: {run_dir} was trained with different {changed}; only {RESUMABLE_FIELDS} may change"
+        )
+    if saved["data"]["fingerprints"] != record["fingerprints"]:
+        raise TrainingError(f"--resume: {run_dir} was trained on other caches ({saved['data']['caches']})")
+    config_path.write_text(json.dumps({**saved, "stage_two": job.config.to_dict()}, indent=2, sort_keys=True))
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        (run_dir / METRICS).write_text("")
+        return 0
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(checkpoint / "model" / "diffusion_pytorch_model.safetensors")))
+    state = load_trainer_state(checkpoint, optimizer)
+    _truncate_metrics(run_dir / METRICS, state["step"])
+    return int(state["step"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint being resumed: they will be logged again."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for values in optimizer.state.values():
+        for key, value in values.items():
+            if torch.is_tensor(value) and key != "step":
+                values[key] = value.to(device)
