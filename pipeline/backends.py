@@ -147,25 +147,51 @@ class RenderBackendSpec:
     world: Any
     """stages.synthetic.world.SyntheticWorldConfig (imported lazily: pybullet is optional)."""
     config: GenerationConfig
+    features_model: str | None = None
+    """Local SV3D-p model directory whose decoder features of the RENDERED kept views are
+    stored (same layers, shapes, tau and dtype as the sv3d backend); None stores none."""
+    device: str = "auto"
+    """Where the features model runs (unused without one)."""
+    attention: str = "auto"
+    """Attention backend of the features model (unused without one)."""
+    torch_threads: int = 0
+    """Intra-op threads per process for the features model; 0 leaves torch's default."""
 
     def key(self) -> str:
-        return digest({"world": dataclasses.asdict(self.world), "config": self.config.to_dict()})
+        return digest(
+            {
+                "world": dataclasses.asdict(self.world),
+                "config": self.config.to_dict(),
+                "features": [self.features_model, self.device, self.attention, self.torch_threads],
+            }
+        )
 
-    def resolved_config(self) -> GenerationConfig:
+    def _render_config(self) -> GenerationConfig:
         """Renders have no model: size defaults to 128 px, the radius fits the figure."""
         orbit = dataclasses.replace(
             self.config.orbit, radius=self.world.camera_radius(self.config.orbit.fov_deg)
         )
-        return dataclasses.replace(
-            self.config,
-            orbit=orbit,
-            resolution=self.config.resolution or 128,
-            feature_layers=(),
-            model_dtype="float32",
+        return dataclasses.replace(self.config, orbit=orbit, resolution=self.config.resolution or 128)
+
+    def features_spec(self) -> SV3DBackendSpec | None:
+        """The SV3D backend recipe that gives the features, on the rendered image size."""
+        if self.features_model is None:
+            return None
+        return SV3DBackendSpec(
+            self.features_model, self._render_config(), self.device, self.attention, self.torch_threads
         )
 
+    def resolved_config(self) -> GenerationConfig:
+        """The render config; without a features model, no layers and a float32 'model'."""
+        features = self.features_spec()
+        if features is None:
+            return dataclasses.replace(self._render_config(), feature_layers=(), model_dtype="float32")
+        # Not features.resolved_config(): that would replace the size by the model's own.
+        return features._dtype_config()
+
     def feature_layers(self) -> tuple[FeatureLayerSpec, ...]:
-        return ()
+        features = self.features_spec()
+        return () if features is None else features.feature_layers()
 
     def ground_truth(self) -> GroundTruthSpec | None:
         from stages.synthetic.world import ground_truth_spec
@@ -173,7 +199,8 @@ class RenderBackendSpec:
         return ground_truth_spec(self.world.category)
 
     def capture_record(self) -> dict[str, Any] | None:
-        return None
+        features = self.features_spec()
+        return None if features is None else features.capture_record()
 
     def source_record(self) -> dict[str, Any]:
         return {"backend": "render", "world": self.world.to_dict()}
@@ -183,25 +210,35 @@ class RenderBackendSpec:
 
         world = {k: v for k, v in self.world.to_dict().items() if k != "num_samples"}
         record = {"renderer": "pybullet ER_TINY_RENDERER", "data": str(pybullet_data.getDataPath())}
-        return {**record, "fingerprint": digest({"world": world, "renderer": record["renderer"]})}
+        content = {"world": world, "renderer": record["renderer"]}
+        features = self.features_spec()
+        if features is None:
+            return {**record, "fingerprint": digest(content)}
+        model = features.model_record()
+        content["features_model"] = model["fingerprint"]
+        return {**record, "path": model["path"], "features_model": model, "fingerprint": digest(content)}
 
     def build(self) -> Any:
         from stages.synthetic.world import SyntheticRenderer
 
-        return SyntheticRenderer(self.world, self.resolved_config())
+        features = self.features_spec()
+        # Loaded once per process, shared by every world rendered with the same model.
+        model = None if features is None else _once(_BUILT, features.key(), features.build)
+        return SyntheticRenderer(self.world, self.resolved_config(), model)
 
     def sample_maker(self, items: list[str]) -> tuple[list[str], SampleMaker]:
         return list(items), _once(_BUILT, self.key(), self.build)
 
     def uses_gpu(self) -> bool:
-        return False
+        features = self.features_spec()
+        return features is not None and features.uses_gpu()
 
 
-def model_dir_exists(model_dir: str) -> Path:
+def model_dir_exists(model_dir: str, option: str = "--model") -> Path:
     path = Path(model_dir)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"--model {model_dir}: no such directory (create a tiny one with "
+            f"{option} {model_dir}: no such directory (create a tiny one with "
             "`keydiff3d-cache make-tiny-model DIR` or convert SV3D-p with `convert-sv3d`)"
         )
     return path

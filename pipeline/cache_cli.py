@@ -56,6 +56,13 @@ def generate(
     ),
     split: str = typer.Option("train", help="For --backend render: train | test (disjoint motions)."),
     num_samples: int = typer.Option(1000, help="For --backend render: samples to render."),
+    features_model: Path | None = typer.Option(
+        None,
+        "--features-model",
+        help="For --backend render: a local SV3D-p model directory (e.g. from make-tiny-model); "
+        "its UNet decoder features at --tau of the RENDERED views are stored as --backend sv3d "
+        "stores them. Default: no features.",
+    ),
     workers: int | None = typer.Option(None, help="Start a dask LocalCluster with N worker processes."),
     scheduler: str | None = typer.Option(None, help="Use an existing dask scheduler, tcp://HOST:PORT."),
     overwrite: bool = typer.Option(False, help="Delete an existing store and start afresh."),
@@ -103,7 +110,8 @@ def generate(
     """Generate views and features for every image into a Zarr store (resumable).
 
     With --backend render, render the synthetic world instead (views, masks, cameras and
-    ground-truth joints, no features): a perfect multi-view generator with 3D truth.
+    ground-truth joints; features only with --features-model): a perfect multi-view
+    generator with 3D truth.
     """
     try:
         config = GenerationConfig(
@@ -138,6 +146,7 @@ def generate(
             config=config,
             backend=backend,
             world=_world(source, split, num_samples, seed) if backend == "render" else None,
+            features_model=features_model,
             workers=workers,
             scheduler=scheduler,
             overwrite=overwrite,

@@ -30,6 +30,9 @@ class GenerateJob:
     """'sv3d' (diffusion on image files) or 'render' (the synthetic world)."""
     world: Any = None
     """SyntheticWorldConfig for the render backend."""
+    features_model: Path | None = None
+    """Render backend: local SV3D-p model directory whose features of the rendered views
+    are stored (None: no features)."""
     workers: int | None = None
     """Start a dask LocalCluster of this many worker processes."""
     scheduler: str | None = None
@@ -53,6 +56,8 @@ class GenerateJob:
             raise ValueError("the sv3d backend needs IMAGES and --model")
         if self.backend == "render" and self.world is None:
             raise ValueError("the render backend needs --source synthetic:CATEGORY")
+        if self.features_model is not None and self.backend != "render":
+            raise ValueError("--features-model is for --backend render; the sv3d backend takes --model")
         if self.workers is not None and self.scheduler is not None:
             raise ValueError(
                 "--workers starts a local cluster and --scheduler uses an existing one: pick one"
@@ -72,7 +77,11 @@ def plan(job: GenerateJob) -> tuple[BackendSpec, list[Any], list[str], str]:
     if job.backend == "render":
         ids = job.world.sample_ids()
         label = f"synthetic:{job.world.category} split={job.world.split}"
-        return RenderBackendSpec(job.world, job.config), ids, ids, label
+        features = None
+        if job.features_model is not None:
+            features = str(model_dir_exists(str(job.features_model), "--features-model").resolve())
+        spec = RenderBackendSpec(job.world, job.config, features, job.device, job.attention, job.threads)
+        return spec, ids, ids, label
     assert job.images is not None and job.model is not None  # checked in __post_init__
     model_dir_exists(str(job.model))
     sources = list_image_sources(job.images)

@@ -71,5 +71,31 @@ class SV3DBackend:
         features = {name: value.float().numpy() for name, value in out.features.items()}
         return GeneratedViews(frames.numpy(), features)
 
+    def features_of_views(self, views: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        """Features of given kept views (K, 3, S, S) uint8 at the capture step's sigma.
+
+        For sources that already have their views (the synthetic renderer): the same
+        layers, shapes, sigma, conditioning and cameras as `generate`, from one UNet call
+        (`SV3DPipeline.features_of_views`). Returns layer name -> (K, C, h, w) float32;
+        empty when no layer is configured.
+        """
+        expected = (len(self.kept_frames), 3, self.size, self.size)
+        if views.shape != expected or views.dtype != np.uint8:
+            raise ConfigError(f"views must be {expected} uint8, got {views.shape} {views.dtype}")
+        if self.capture is None:
+            return {}
+        pixels = torch.from_numpy(views).float().div(127.5).sub(1.0)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        features = self.pipe.features_of_views(
+            pixels.to(self.device),
+            self.polars_rad[self.kept_frames],
+            self.azimuths_rad[self.kept_frames],
+            self.capture.sigma,
+            generator,
+            cond_aug=self.config.cond_aug,
+            feature_layers=[layer.name for layer in self.layers],
+        )
+        return {name: value.numpy() for name, value in features.items()}
+
     def capture_record(self) -> dict | None:
         return None if self.capture is None else self.capture.to_dict()

@@ -1,4 +1,5 @@
-"""SV3D-p orbit generation with decoder-feature capture at one sampler step.
+"""SV3D-p orbit generation with decoder-feature capture at one sampler step, and the
+same decoder features of given views at one noise level (`features_of_views`).
 
 Follows sgm's `simple_video_sample.py` for SV3D-p: EDM Euler sampling of v, triangle
 classifier-free guidance over the orbit, zeroed image conditioning in the
@@ -161,21 +162,14 @@ class SV3DPipeline(DiffusionPipeline):
 
         image = image.to(device)
 
-        # 1. CLIP embedding of the clean image; zeros for the unconditional half
-        image_embeddings = self._encode_image(image, device).to(dtype)
+        # 1-2. CLIP embedding of the clean image and VAE latents of the noise-augmented
+        # image; zeros for the unconditional half
+        image_embeddings, image_latents = self._condition_on_image(image, num_frames, cond_aug, generator)
         image_embeddings = torch.cat([torch.zeros_like(image_embeddings), image_embeddings])
-
-        # 2. VAE latents of the noise-augmented image, mode, NOT scaled (as sgm)
-        noise = torch.randn(image.shape, generator=generator, dtype=torch.float32)
-        cond_image = image.float() + cond_aug * noise.to(device)
-        image_latents = self._encode_vae_image(cond_image).to(dtype)
-        image_latents = image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
         image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
 
         # 3. per-frame camera conditioning, identical in both CFG halves
-        polars_t = polars.to(device).float()[None].repeat(2, 1)
-        azimuths_t = azimuths.to(device).float()[None].repeat(2, 1)
-        cond_aug_t = torch.full((2, num_frames), float(cond_aug), device=device)
+        polars_t, azimuths_t, cond_aug_t = self._camera_conditioning(polars, azimuths, cond_aug, batch=2)
 
         # 4. timesteps (c_noise = 0.25 log sigma) of the EDM Euler sampler
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -200,7 +194,7 @@ class SV3DPipeline(DiffusionPipeline):
 
             hooks = []
             if capture is not None and i == capture.step_index:
-                hooks = self._register_capture_hooks(layers, frames_kept, features)
+                hooks = self._register_capture_hooks(layers, frames_kept, num_frames, features)
             try:
                 v_pred = self.unet(
                     latent_model_input,
@@ -225,6 +219,104 @@ class SV3DPipeline(DiffusionPipeline):
         frames = self._decode_latents(latents[0], decode_chunk_size)
         self.maybe_free_model_hooks()
         return SV3DOutput(frames=frames, features=features, capture=capture)
+
+    @torch.no_grad()
+    def features_of_views(
+        self,
+        views: torch.Tensor,
+        polars_rad: ArrayLike,
+        azimuths_rad: ArrayLike,
+        sigma: float,
+        generator: torch.Generator,
+        cond_aug: float = 1e-5,
+        feature_layers: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Decoder features of GIVEN views (rendered or real) at noise level sigma.
+
+        DIFT-style: the views are encoded into clean latents, noised to `sigma` with the
+        EDM forward process, and passed through ONE conditional UNet call conditioned on
+        view 0 exactly as `__call__` conditions on its input image; the up-block outputs
+        of that call are the features. No sampling, no guidance, no decoding.
+
+        Args:
+            views: (V, 3, H, W) in [-1, 1], white background; view 0 is the conditioning
+                (input) view.
+            polars_rad: (V,) polar angle of every view, radians.
+            azimuths_rad: (V,) azimuth of every view relative to view 0, radians.
+            sigma: EDM noise level, e.g. `CaptureStep.sigma` of the sampler step tau maps to.
+            generator: CPU generator; draws the conditioning noise (1, 3, H, W), then the
+                latent noise (V, c, h, w), in float32 on the CPU.
+            feature_layers: names like 'up_blocks.1'; None takes every up-block.
+
+        Returns:
+            {'up_blocks.i': (V, C, h, w) float32 CPU}.
+        """
+        device = self._execution_device
+        dtype = self.unet.dtype
+
+        # 0. check inputs
+        polars = _as_frames(polars_rad, "polars_rad")
+        azimuths = _as_frames(azimuths_rad, "azimuths_rad")
+        num_frames = polars.shape[0]
+        if not isinstance(views, torch.Tensor) or views.ndim != 4 or views.shape[:2] != (num_frames, 3):
+            shape = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
+            raise ValueError(
+                f"views must be a ({num_frames}, 3, H, W) tensor (V from polars_rad), got {shape}"
+            )
+        if views.shape[-2] % self.vae_scale_factor or views.shape[-1] % self.vae_scale_factor:
+            raise ValueError(
+                f"views H and W must be multiples of {self.vae_scale_factor}, got {tuple(views.shape[-2:])}"
+            )
+        if azimuths.shape[0] != num_frames:
+            raise ValueError(f"azimuths_rad has {azimuths.shape[0]} frames, polars_rad has {num_frames}")
+        if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise ValueError("generator must be a CPU torch.Generator")
+        if not math.isfinite(sigma) or sigma <= 0:
+            raise ConfigError(f"sigma must be a finite number > 0, got {sigma}")
+        layers = self._check_layers(feature_layers)
+
+        # Contiguous: a channels-last input (a transposed render) would take other conv
+        # kernels and give features that differ in the last bits for the same pixels.
+        views = views.to(device).contiguous()
+
+        # 1-2. conditioning on view 0, as in __call__, conditional branch only
+        image_embeddings, image_latents = self._condition_on_image(views[:1], num_frames, cond_aug, generator)
+
+        # 3. per-frame camera conditioning
+        polars_t, azimuths_t, cond_aug_t = self._camera_conditioning(polars, azimuths, cond_aug, batch=1)
+
+        # 4. clean latents of every view: VAE mode, scaled into the UNet's latent space
+        # (the inverse of `_decode_latents`)
+        clean = self._encode_vae_image(views.float()).float() * self.vae.config.scaling_factor
+
+        # 5. EDM forward process x = x0 + sigma * eps
+        noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32)
+        noisy = clean + sigma * noise.to(device)
+
+        # 6. the sampler's input scaling c_in = 1 / sqrt(sigma^2 + 1) and timestep
+        # c_noise = 0.25 log sigma (EulerDiscreteScheduler with continuous timesteps)
+        latent_model_input = (noisy / math.sqrt(sigma**2 + 1.0)).to(dtype)[None]
+        latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
+        timestep = torch.tensor(0.25 * math.log(sigma), device=device, dtype=torch.float32)
+
+        # 7. one UNet call, capturing the up-blocks
+        features: dict[str, torch.Tensor] = {}
+        hooks = self._register_capture_hooks(layers, list(range(num_frames)), num_frames, features)
+        try:
+            self.unet(
+                latent_model_input,
+                timestep,
+                encoder_hidden_states=image_embeddings,
+                cond_aug=cond_aug_t,
+                polars_rad=polars_t,
+                azimuths_rad=azimuths_t,
+                return_dict=False,
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self.maybe_free_model_hooks()
+        return features
 
     def _check_inputs(self, image, azimuths, num_frames, generator, num_steps, chunk) -> None:
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[:2] != (1, 3):
@@ -269,19 +361,52 @@ class SV3DPipeline(DiffusionPipeline):
             return capture_step
         return CaptureStep(index, sigma, 0.25 * math.log(sigma), None, None, "index")
 
-    def _register_capture_hooks(self, layers, frames_kept, features) -> list:
-        """Hooks storing the conditional half of each layer's output, kept frames only."""
+    def _register_capture_hooks(self, layers, frames_kept, num_frames, features) -> list:
+        """Hooks storing each layer's output of the LAST batch entry, kept frames only.
+
+        The last entry is the conditional half of a CFG batch [uncond, cond], or the only
+        entry of a batch of one (`features_of_views`).
+        """
         handles = []
         for name in layers:
             block = self.unet.up_blocks[int(name.split(".")[1])]
 
             def hook(module, args, output, name=name):
-                # (2 * V, C, h, w) with the CFG batch [uncond, cond] outermost.
-                cond = output.unflatten(0, (2, -1))[1]
+                # (B * V, C, h, w) with the batch outermost.
+                cond = output.unflatten(0, (-1, num_frames))[-1]
                 features[name] = cond[frames_kept].float().cpu()
 
             handles.append(block.register_forward_hook(hook))
         return handles
+
+    def _condition_on_image(
+        self, image: torch.Tensor, num_frames: int, cond_aug: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional branch's image conditioning, as sgm builds it for SV3D-p.
+
+        image: (1, 3, H, W) in [-1, 1] on the execution device. Draws the (1, 3, H, W)
+        conditioning noise from `generator` (the first draw of a call, so both callers
+        condition identically on the same image and seed). Returns the CLIP embedding
+        (1, 1, D) of the clean image and the VAE latents (1, V, c, h, w) of the
+        noise-augmented image, mode, NOT scaled, repeated over the V frames.
+        """
+        device, dtype = self._execution_device, self.unet.dtype
+        image_embeddings = self._encode_image(image, device).to(dtype)
+        noise = torch.randn(image.shape, generator=generator, dtype=torch.float32)
+        cond_image = image.float() + cond_aug * noise.to(device)
+        image_latents = self._encode_vae_image(cond_image).to(dtype)
+        return image_embeddings, image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
+
+    def _camera_conditioning(
+        self, polars: torch.Tensor, azimuths: torch.Tensor, cond_aug: float, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-frame polars, azimuths and cond_aug (V,) -> three (B, V) float32 tensors."""
+        device = self._execution_device
+        num_frames = polars.shape[0]
+        polars_t = polars.to(device).float()[None].repeat(batch, 1)
+        azimuths_t = azimuths.to(device).float()[None].repeat(batch, 1)
+        cond_aug_t = torch.full((batch, num_frames), float(cond_aug), device=device)
+        return polars_t, azimuths_t, cond_aug_t
 
     def _encode_image(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
         """CLIP image embedding of a (1, 3, H, W) [-1, 1] image -> (1, 1, D)."""
@@ -295,7 +420,7 @@ class SV3DPipeline(DiffusionPipeline):
         return self.image_encoder(pixels).image_embeds.unsqueeze(1)
 
     def _encode_vae_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) -> (1, c, h, w) latent mode, upcasting an fp16 VAE as SVD does."""
+        """(B, 3, H, W) -> (B, c, h, w) latent mode, upcasting an fp16 VAE as SVD does."""
         upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if upcast:
             self.vae.to(dtype=torch.float32)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from cache_schema import GroundTruthSpec
+from cache_schema import FeatureLayerSpec, GroundTruthSpec
 from stages.cameras import project_points
 from stages.config import GenerationConfig
 from stages.sources import sample_seed
-from stages.stage_one import kept_view_cameras
+from stages.stage_one import SampleFailure, kept_view_cameras
 from stages.synthetic.errors import SyntheticWorldError
 from stages.synthetic.figures import load_figure, pose_figure, randomise_colours, spec_for
 from stages.synthetic.mocap import load_clip, pose_at
@@ -90,11 +90,28 @@ def ground_truth_spec(category: str) -> GroundTruthSpec:
     return GroundTruthSpec(tuple(name for name, _ in spec_for(category).keypoints))
 
 
+class ViewFeatureModel(Protocol):
+    """A diffusion model giving decoder features of given views (stages.sv3d.backend.SV3DBackend)."""
+
+    def feature_layers(self) -> tuple[FeatureLayerSpec, ...]: ...
+
+    def features_of_views(self, views: np.ndarray, seed: int) -> dict[str, np.ndarray]: ...
+
+
 class SyntheticRenderer:
     """Renders samples of one world in its own pybullet client (one per process)."""
 
-    def __init__(self, world: SyntheticWorldConfig, config: GenerationConfig):
-        """config: the resolved stage-one config (its orbit radius and resolution are used)."""
+    def __init__(
+        self,
+        world: SyntheticWorldConfig,
+        config: GenerationConfig,
+        feature_model: ViewFeatureModel | None = None,
+    ):
+        """config: the resolved stage-one config (its orbit radius and resolution are used).
+
+        feature_model: when given, each sample also stores its features of the rendered
+        kept views, with noise seeded by (config.seed, sample id) like the sv3d backend.
+        """
         import pybullet as pb
 
         if config.resolution is None:
@@ -105,6 +122,7 @@ class SyntheticRenderer:
         self.client = pb.connect(pb.DIRECT)
         self.figure = load_figure(self.client, world.category)
         self.clips = {name: load_clip(name) for name in world.clips()}
+        self.feature_model = feature_model
         self.intrinsics, self.world_to_camera = kept_view_cameras(config, self.size)
 
     def __call__(self, sample_id: str) -> tuple[dict, float]:
@@ -133,7 +151,9 @@ class SyntheticRenderer:
         uv, depth = project_points(joints, intrinsics, world_to_camera)
         inside = (depth > 0) & np.all((uv >= 0) & (uv < self.size), axis=-1)
         size = float(self.size)
+        features = self.features_of(views, sample_id)
         return {
+            **features,
             "input_image": views[0],
             "input_mask": masks[0],
             "crop_box": np.array([0.0, 0.0, size]),
@@ -146,3 +166,19 @@ class SyntheticRenderer:
             "ground_truth/joints_2d": uv.astype(np.float32),
             "ground_truth/joints_2d_visible": inside.astype(np.uint8),
         }
+
+    def features_of(self, views: np.ndarray, sample_id: str) -> dict[str, np.ndarray]:
+        """Feature arrays {'features/up_blocks_i': (K, C, h, w)} of views (K, 3, H, W) uint8."""
+        if self.feature_model is None:
+            return {}
+        values = self.feature_model.features_of_views(views, sample_seed(self.config.seed, sample_id))
+        rows = {}
+        for layer in self.feature_model.feature_layers():
+            value = values[layer.name].astype(self.config.feature_dtype)
+            if not np.all(np.isfinite(value)):
+                raise SampleFailure(
+                    f"{sample_id}: non-finite values in feature {layer.name} "
+                    f"(overflow in {self.config.feature_dtype}?)"
+                )
+            rows[layer.array_name] = value
+        return rows
