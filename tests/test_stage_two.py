@@ -1,0 +1,197 @@
+"""Stage two end to end on tiny data: training, exact resume, checkpoints, guards, prediction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pybullet")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from cache_schema import CacheError, CacheReader  # noqa: E402
+from pipeline.generate import GenerateJob, run_generate  # noqa: E402
+from pipeline.train_cli import app  # noqa: E402
+from stages.config import GenerationConfig  # noqa: E402
+from stages.keypoints import training  # noqa: E402
+from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
+from stages.keypoints.config import StageTwoConfig  # noqa: E402
+from stages.keypoints.errors import PerceptualWeightsMissing, TrainingError  # noqa: E402
+from stages.keypoints.predict import predict_cache  # noqa: E402
+from stages.keypoints.training import FitJob, fit  # noqa: E402
+from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
+
+TINY = StageTwoConfig(
+    num_keypoints=6,
+    volume_size=8,
+    volume_channels=(8, 16),
+    feature_source="pixels",
+    feature_channels=16,
+    feature_size=16,
+    keypoint_channels=8,
+    render_size=32,
+    decoder_channels=8,
+    perceptual="ssim",
+    batch_size=2,
+    steps=4,
+    lr=1e-3,
+    checkpoint_every=2,
+    log_every=1,
+    loader_workers=0,
+)
+
+
+@pytest.fixture(scope="module")
+def render_cache(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stage_two") / "humanoid.zarr"
+    world = SyntheticWorldConfig("humanoid", "train", num_samples=8, seed=0)
+    job = GenerateJob(
+        None, None, out, GenerationConfig(resolution=32), "render", world, samples_per_shard=4, progress=False
+    )
+    run_generate(job)
+    return out
+
+
+def losses(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_time(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_training_writes_checkpoints_and_resume_gives_the_same_losses(render_cache, tmp_path):
+    straight = fit(FitJob((render_cache,), tmp_path / "a", TINY))
+    assert straight.final_step == 4 and latest_checkpoint(tmp_path / "a").name == "step_00000004"
+    assert (tmp_path / "a" / "checkpoints" / "step_00000002" / "optimizer.safetensors").is_file()
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["stage_two"]["num_keypoints"] == 6 and saved["data"]["done_samples"] == 8
+
+    first = fit(FitJob((render_cache,), tmp_path / "b", StageTwoConfig(**{**TINY.to_dict(), "steps": 2})))
+    assert first.final_step == 2
+    resumed = fit(FitJob((render_cache,), tmp_path / "b", TINY, resume=True))
+    assert (resumed.start_step, resumed.final_step) == (2, 4)
+    assert without_time(losses(tmp_path / "b")) == without_time(losses(tmp_path / "a"))
+    a = load_model(latest_checkpoint(tmp_path / "a")).state_dict()
+    b = load_model(latest_checkpoint(tmp_path / "b")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint(render_cache, tmp_path):
+    run = tmp_path / "run"
+    fit(FitJob((render_cache,), run, TINY))
+    # A checkpoint that was being written when the process died is never trusted.
+    (run / "checkpoints" / ".step_00000006.partial").mkdir()
+    assert latest_checkpoint(run).name == "step_00000004"
+    more = fit(FitJob((render_cache,), run, StageTwoConfig(**{**TINY.to_dict(), "steps": 6}), resume=True))
+    assert (more.start_step, more.final_step) == (4, 6)
+    assert [r["step"] for r in losses(run)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_changed_model_and_a_new_run_refuses_an_old_directory(render_cache, tmp_path):
+    fit(FitJob((render_cache,), tmp_path / "run", TINY))
+    changed = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": 7})
+    with pytest.raises(TrainingError, match="num_keypoints"):
+        fit(FitJob((render_cache,), tmp_path / "run", changed, resume=True))
+    with pytest.raises(TrainingError, match="--resume"):
+        fit(FitJob((render_cache,), tmp_path / "run", TINY))
+
+
+def test_training_never_reads_ground_truth(render_cache, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    import shutil
+
+    shutil.copytree(render_cache, copy)
+    chunks = [p for p in (copy / "ground_truth").rglob("*") if p.is_file() and "c" in p.parts]
+    assert chunks
+    for path in chunks:
+        path.write_bytes(b"not a zarr shard")
+    with pytest.raises(Exception):  # noqa: B017 - proves the damage is real
+        CacheReader(copy).read_ground_truth([0])
+    summary = fit(FitJob((copy,), tmp_path / "run", StageTwoConfig(**{**TINY.to_dict(), "steps": 2})))
+    assert summary.final_step == 2
+
+
+def test_a_non_finite_loss_stops_with_the_step_and_the_term(render_cache, tmp_path, monkeypatch):
+    real = training.training_losses
+
+    def poisoned(*args, **kwargs):
+        terms, outputs = real(*args, **kwargs)
+        terms["mask"] = terms["mask"] * float("nan")
+        return terms, outputs
+
+    monkeypatch.setattr(training, "training_losses", poisoned)
+    with pytest.raises(TrainingError, match=r"step 1: loss term 'mask' is nan"):
+        fit(FitJob((render_cache,), tmp_path / "run", TINY))
+
+
+def test_missing_vgg_weights_stop_training_with_instructions(render_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    vgg = StageTwoConfig(**{**TINY.to_dict(), "perceptual": "vgg"})
+    with pytest.raises(PerceptualWeightsMissing, match="--perceptual ssim"):
+        fit(FitJob((render_cache,), tmp_path / "run", vgg))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_without_features_cannot_train_on_diffusion_features(render_cache, tmp_path):
+    config = StageTwoConfig(**{**TINY.to_dict(), "feature_source": "diffusion"})
+    with pytest.raises(TrainingError, match="pixels"):
+        fit(FitJob((render_cache,), tmp_path / "run", config))
+
+
+def test_the_loss_falls_when_fitting_a_few_samples(render_cache, tmp_path):
+    config = StageTwoConfig(**{**TINY.to_dict(), "steps": 40, "checkpoint_every": 40, "batch_size": 4})
+    fit(FitJob((render_cache,), tmp_path / "run", config))
+    totals = [r["total"] for r in losses(tmp_path / "run")]
+    assert np.mean(totals[-8:]) < 0.9 * np.mean(totals[:4])
+
+
+def test_cli_fit_then_predict_writes_keypoints_and_previews(render_cache, tmp_path):
+    run = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "fit", str(render_cache), "--out", str(run), "--steps", "2", "--checkpoint-every", "2",
+            "--perceptual", "ssim", "--num-keypoints", "5", "--volume-size", "8", "--workers", "0",
+            "--no-progress",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "s/step" in result.output and "waiting for data" in result.output
+    assert (run / "previews" / "step_00000002.png").stat().st_size > 1000
+    assert (run / "loss_curve.png").is_file()
+
+    out = tmp_path / "keypoints.json"
+    result = runner.invoke(
+        app, ["predict", str(run), str(render_cache), "--out", str(out), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert np.asarray(record["keypoints_3d"]).shape == (8, 5, 3)
+    assert np.asarray(record["keypoints_2d"]).shape == (8, 4, 5, 2)
+    assert len(record["sample_id"]) == 8
+
+    result = runner.invoke(app, ["predict", str(tmp_path / "nothing"), str(render_cache), "--out", str(out)])
+    assert result.exit_code == 2 and "no checkpoint" in result.output
+
+
+def test_prediction_projects_the_3d_keypoints_it_returns(render_cache, tmp_path):
+    fit(FitJob((render_cache,), tmp_path / "run", TINY))
+    model = load_model(latest_checkpoint(tmp_path / "run"))
+    result = predict_cache(model, render_cache, num_views=4, batch_size=3)
+    reader = CacheReader(render_cache)
+    cams = reader.read_batch([0], ("intrinsics", "world_to_camera"))
+    from stages.cameras import project_points
+
+    uv, _ = project_points(result["keypoints_3d"][0], cams["intrinsics"][0], cams["world_to_camera"][0])
+    assert np.allclose(uv, result["keypoints_2d"][0], atol=1e-3)
+    # The volume spans the view frustum at the orbit centre: keypoints stay inside it.
+    assert np.abs(result["keypoints_3d"]).max() <= model.config.volume_half_extent + 1e-5
+    with pytest.raises(CacheError):
+        reader.read_batch([0], ("ground_truth/joints_3d",))
