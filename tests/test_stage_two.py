@@ -195,3 +195,42 @@ def test_prediction_projects_the_3d_keypoints_it_returns(render_cache, tmp_path)
     assert np.abs(result["keypoints_3d"]).max() <= model.config.volume_half_extent + 1e-5
     with pytest.raises(CacheError):
         reader.read_batch([0], ("ground_truth/joints_3d",))
+
+
+def test_diffusion_features_of_a_tiny_sv3d_cache_train_and_predict(tmp_path, tiny_model_dir, good_images):
+    from tests.test_generate import FAST
+
+    cache = tmp_path / "sv3d.zarr"
+    run_generate(GenerateJob(good_images, tiny_model_dir, cache, FAST, samples_per_shard=2, progress=False))
+    reader = CacheReader(cache)
+    layers = reader.layout.feature_layers
+    config = StageTwoConfig(**{**TINY.to_dict(), "feature_source": "diffusion", "steps": 2})
+    summary = fit(FitJob((cache,), tmp_path / "run", config))
+    assert summary.final_step == 2
+    model = load_model(latest_checkpoint(tmp_path / "run"))
+    assert tuple(model.config.feature_layer_channels) == tuple(layer.channels for layer in layers)
+    assert len(model.features.bottlenecks) == len(layers)
+    result = predict_cache(model, cache, num_views=4)
+    assert result["keypoints_3d"].shape == (len(reader.done_indices()), 6, 3)
+    assert np.isfinite(result["keypoints_3d"]).all()
+
+
+def test_only_done_samples_are_trained_on(render_cache, tmp_path):
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(render_cache, copy)
+    status = zarr.open_array(copy / "status", mode="r+")
+    status[[1, 6]] = 2  # recorded as failed
+    from stages.keypoints.data import CacheTrainingSet
+
+    dataset = CacheTrainingSet([copy, render_cache], 4, 32, with_features=False)
+    assert len(dataset) == 14
+    assert {1, 6}.isdisjoint(dataset.items[dataset.items[:, 0] == 0, 1].tolist())
+    batch = dataset.__getitems__([13, 0, 7])
+    assert batch["views"].shape == (3, 4, 3, 32, 32) and batch["view_masks"].shape == (3, 4, 32, 32)
+    assert 0.0 <= float(batch["views"].min()) and float(batch["views"].max()) <= 1.0
+    whole = CacheReader(render_cache).read_batch([7], ("world_to_camera",))["world_to_camera"][0]
+    assert np.allclose(batch["world_to_camera"][0].numpy(), whole)  # row order = request order
