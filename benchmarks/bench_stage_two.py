@@ -137,9 +137,7 @@ def main() -> None:
         presets = [step_in_subprocess(cache, "cpu", args.steps), step_in_subprocess(cache, "paper", 1)]
         wait = data_wait(cache, folder, args.steps * 2)
 
-    print(
-        f"\nStage two on {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"
-    )
+    print(f"\nStage two on {platform.machine()}, torch threads {torch.get_num_threads()}")
     print("loader alone (samples/s, batch 4, 64 px):")
     for name, value in loader.items():
         print(f"  {name:10s} {value:8.1f}")
