@@ -50,6 +50,27 @@ class PreparedImage:
 def load_image(path: str | Path, background_threshold: int, max_pixels: int) -> LoadedImage:
     """Decode `path` into RGB on white plus a mask; raise ImageLoadError naming the file."""
     path = Path(path)
+    rgba, mode = read_rgba(path, max_pixels)
+    alpha = rgba[..., 3]
+    color = rgba[..., :3].astype(np.float32)
+    if alpha.min() < 255:
+        mask = alpha >= 128
+        a = alpha[..., None].astype(np.float32) / 255.0
+        rgb = color * a + 255.0 * (1.0 - a)
+    else:
+        mask = background_mask(rgba[..., :3], background_threshold)
+        rgb = np.where(mask[..., None], color, 255.0)
+    if not mask.any():
+        raise ImageLoadError(f"{path}: no foreground found (empty alpha or plain image)")
+    return LoadedImage(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), mask, mode)
+
+
+def read_rgba(path: str | Path, max_pixels: int) -> tuple[np.ndarray, str]:
+    """Decode any common image file into (H, W, 4) uint8 RGBA and the PIL mode it was stored in.
+
+    Raises ImageLoadError naming the file for a missing, empty, oversized or corrupt file.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -74,19 +95,7 @@ def load_image(path: str | Path, background_threshold: int, max_pixels: int) -> 
         raise ImageLoadError(f"{path}: not a readable image ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
-
-    alpha = rgba[..., 3]
-    color = rgba[..., :3].astype(np.float32)
-    if alpha.min() < 255:
-        mask = alpha >= 128
-        a = alpha[..., None].astype(np.float32) / 255.0
-        rgb = color * a + 255.0 * (1.0 - a)
-    else:
-        mask = background_mask(rgba[..., :3], background_threshold)
-        rgb = np.where(mask[..., None], color, 255.0)
-    if not mask.any():
-        raise ImageLoadError(f"{path}: no foreground found (empty alpha or plain image)")
-    return LoadedImage(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), mask, mode)
+    return rgba, mode
 
 
 def _to_rgba(img: Image.Image) -> np.ndarray:
@@ -133,23 +142,43 @@ def prepare_image(loaded: LoadedImage, size: int, object_fraction: float) -> Pre
     ys, xs = np.nonzero(loaded.mask)
     x_lo, x_hi = xs.min(), xs.max() + 1
     y_lo, y_hi = ys.min(), ys.max() + 1
-    side = int(np.ceil(max(x_hi - x_lo, y_hi - y_lo) / object_fraction))
-    x0 = int(round((x_lo + x_hi - side) / 2.0))
-    y0 = int(round((y_lo + y_hi - side) / 2.0))
+    crop_box = square_around(x_lo, y_lo, x_hi - x_lo, y_hi - y_lo, object_fraction)
+    return crop_to_square(loaded.rgb, loaded.mask, crop_box, size)
 
-    height, width = loaded.mask.shape
+
+def square_around(x: float, y: float, width: float, height: float, object_fraction: float) -> np.ndarray:
+    """The pixel-aligned square centred on a box whose longer side fills `object_fraction` of it.
+
+    Returns the crop box (3,) float64: x0, y0, side (integers, in source pixels).
+    """
+    side = int(np.ceil(max(width, height) / object_fraction))
+    x0 = int(round(x + (width - side) / 2.0))
+    y0 = int(round(y + (height - side) / 2.0))
+    return np.array([x0, y0, side], dtype=np.float64)
+
+
+def crop_to_square(rgb: np.ndarray, mask: np.ndarray, crop_box: np.ndarray, size: int) -> PreparedImage:
+    """Cut the square `crop_box` out of the image (white where it leaves the image), resize to `size`.
+
+    rgb: (H, W, 3) uint8; mask: (H, W) bool or uint8 foreground; crop_box: (3,) x0, y0, side.
+    """
+    height, width = mask.shape
+    if rgb.shape != (height, width, 3):
+        raise ValueError(f"rgb must be (H, W, 3) = ({height}, {width}, 3) like mask, got {rgb.shape}")
+    x0, y0, side = (int(v) for v in crop_box)
     canvas = np.full((side, side, 3), 255, dtype=np.uint8)
     canvas_mask = np.zeros((side, side), dtype=np.uint8)
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + side, width), min(y0 + side, height)
-    canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = loaded.rgb[sy0:sy1, sx0:sx1]
-    canvas_mask[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = loaded.mask[sy0:sy1, sx0:sx1]
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+        canvas_mask[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = mask[sy0:sy1, sx0:sx1]
 
     image = Image.fromarray(canvas).resize((size, size), Image.Resampling.LANCZOS)
-    mask = Image.fromarray(canvas_mask * 255).resize((size, size), Image.Resampling.BILINEAR)
+    resized_mask = Image.fromarray(canvas_mask * 255).resize((size, size), Image.Resampling.BILINEAR)
     return PreparedImage(
         image=np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy(),
-        mask=(np.asarray(mask) >= 128).astype(np.uint8),
+        mask=(np.asarray(resized_mask) >= 128).astype(np.uint8),
         crop_box=np.array([x0, y0, side], dtype=np.float64),
         source_size=np.array([width, height], dtype=np.int32),
     )
@@ -159,3 +188,19 @@ def prepared_to_source(uv: np.ndarray, crop_box: np.ndarray, size: int) -> np.nd
     """Map prepared-image pixel coordinates (..., 2) back to source pixels (..., 2)."""
     x0, y0, side = crop_box
     return np.asarray(uv, dtype=np.float64) * (side / size) + np.array([x0, y0])
+
+
+def source_to_prepared(xy: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
+    """Map source pixel coordinates (..., 2) into the prepared image (..., 2).
+
+    The inverse of `prepared_to_source`: the crop and the resize of `prepare_image` are
+    a shift by (x0, y0) and a scale by size / side of continuous pixel coordinates.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim < 1 or xy.shape[-1] != 2:
+        raise ValueError(f"xy must be (..., 2), got {xy.shape}")
+    crop_box = np.asarray(crop_box, dtype=np.float64)
+    if crop_box.shape != (3,):
+        raise ValueError(f"crop_box must be (3,) = x0, y0, side, got {crop_box.shape}")
+    x0, y0, side = crop_box
+    return (xy - np.array([x0, y0])) * (size / side)
