@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages.datasets.annotations import SourceAnnotation
 from stages.errors import ConfigError
 from stages.images import SUPPORTED_SUFFIXES
 
@@ -16,6 +17,9 @@ class ImageSource:
 
     sample_id: str
     path: Path
+    annotation: SourceAnnotation | None = None
+    """What a dataset reader knows about the image (ground truth, box, mask); None for
+    plain image folders and list files."""
 
 
 def list_image_sources(source: str | Path) -> list[ImageSource]:

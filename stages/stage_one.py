@@ -16,9 +16,10 @@ from typing import Protocol
 
 import numpy as np
 
-from cache_schema import STATUS_DONE, STATUS_FAILED, CacheStore, FeatureLayerSpec
+from cache_schema import STATUS_DONE, STATUS_FAILED, CacheStore, FeatureLayerSpec, GroundTruthSpec
 from stages.cameras import orbit_cameras
 from stages.config import GenerationConfig
+from stages.datasets.preparation import ground_truth_rows, prepare_annotated_image
 from stages.errors import ImageLoadError, StageError
 from stages.images import PreparedImage, load_image, prepare_image, white_background_mask
 from stages.sources import ImageSource, sample_seed
@@ -76,15 +77,27 @@ def kept_view_cameras(config: GenerationConfig, image_size: int) -> tuple[np.nda
 
 
 def build_sample(
-    source: ImageSource, backend: ViewBackend, config: GenerationConfig
+    source: ImageSource,
+    backend: ViewBackend,
+    config: GenerationConfig,
+    ground_truth: GroundTruthSpec | None = None,
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Every data array of one sample (no sample axis) and the seconds spent generating."""
+    """Every data array of one sample (no sample axis) and the seconds spent generating.
+
+    A source with an annotation (a dataset reader's) is cropped to its box, and, when
+    the store has `ground_truth`, its joints are written (stages/datasets/preparation.py).
+    """
     size = backend.image_size()
     try:
-        loaded = load_image(source.path, config.background_threshold, config.max_image_pixels)
+        if source.annotation is None:
+            loaded = load_image(source.path, config.background_threshold, config.max_image_pixels)
+            prepared = prepare_image(loaded, size, config.object_fraction)
+        else:
+            prepared = prepare_annotated_image(
+                source.path, source.annotation, size, config.object_fraction, config.max_image_pixels
+            )
     except ImageLoadError as exc:
         raise SampleFailure(str(exc)) from exc
-    prepared = prepare_image(loaded, size, config.object_fraction)
     tic = time.perf_counter()
     generated = backend.generate(prepared, sample_seed(config.seed, source.sample_id))
     seconds = time.perf_counter() - tic
@@ -119,19 +132,28 @@ def build_sample(
                 f"(overflow in {config.feature_dtype}?)"
             )
         rows[layer.array_name] = value
+    if ground_truth is not None and source.annotation is not None:
+        rows.update(ground_truth_rows(source.annotation, prepared, num_views, ground_truth))
     return rows, seconds
 
 
 class ImageSampleMaker:
     """Makes the samples of image files with a view backend (what dask tasks call)."""
 
-    def __init__(self, backend: ViewBackend, config: GenerationConfig, sources: Sequence[ImageSource]):
+    def __init__(
+        self,
+        backend: ViewBackend,
+        config: GenerationConfig,
+        sources: Sequence[ImageSource],
+        ground_truth: GroundTruthSpec | None = None,
+    ):
         self.backend = backend
         self.config = config
         self.sources = {source.sample_id: source for source in sources}
+        self.ground_truth = ground_truth
 
     def __call__(self, sample_id: str) -> tuple[dict[str, np.ndarray], float]:
-        return build_sample(self.sources[sample_id], self.backend, self.config)
+        return build_sample(self.sources[sample_id], self.backend, self.config, self.ground_truth)
 
 
 def write_shard(
