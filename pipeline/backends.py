@@ -72,9 +72,15 @@ class SV3DBackendSpec:
     attention: str = "auto"
     torch_threads: int = 0
     """Intra-op threads per process; 0 leaves torch's default."""
+    dataset_ground_truth: GroundTruthSpec | None = None
+    """Ground truth that the image sources carry (a dataset reader's); None for plain images."""
+    dataset_record: dict[str, Any] | None = None
+    """The dataset reader's source record (stages.datasets.selection.dataset_record)."""
 
     def key(self) -> str:
-        return digest(dataclasses.asdict(self))
+        # The dataset fields change what is written, not the backend a worker builds.
+        fields = dataclasses.asdict(self)
+        return digest({k: v for k, v in fields.items() if not k.startswith("dataset_")})
 
     def _dtype_config(self) -> GenerationConfig:
         from stages.sv3d.loading import resolve_dtype
@@ -103,13 +109,13 @@ class SV3DBackendSpec:
         return self.describe().feature_layers()
 
     def ground_truth(self) -> GroundTruthSpec | None:
-        return None
+        return self.dataset_ground_truth
 
     def capture_record(self) -> dict[str, Any] | None:
         return self.describe().capture_record()
 
     def source_record(self) -> dict[str, Any]:
-        return {"backend": "sv3d"}
+        return {"backend": "sv3d", **(self.dataset_record or {})}
 
     def build(self) -> Any:
         from stages.sv3d.backend import SV3DBackend
@@ -126,7 +132,9 @@ class SV3DBackendSpec:
 
     def sample_maker(self, items: list[ImageSource]) -> tuple[list[str], SampleMaker]:
         backend = _once(_BUILT, self.key(), self.build)
-        return [s.sample_id for s in items], ImageSampleMaker(backend, self.config, items)
+        return [s.sample_id for s in items], ImageSampleMaker(
+            backend, self.config, items, self.dataset_ground_truth
+        )
 
     def model_record(self) -> dict[str, Any]:
         from stages.sv3d.loading import model_identity

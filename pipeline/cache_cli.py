@@ -10,6 +10,7 @@ from cache_schema import CacheError
 from pipeline import store_report
 from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig, OrbitConfig
+from stages.datasets.selection import DatasetSelection
 from stages.errors import StageError
 
 app = typer.Typer(
@@ -41,6 +42,20 @@ def _world(source: str | None, split: str, num_samples: int, seed: int) -> objec
     return SyntheticWorldConfig(source.split(":", 1)[1], split, num_samples, seed)
 
 
+def _selection(
+    source: str | None, split: str, stride: int | None, actions: str | None, cameras: str | None
+) -> DatasetSelection:
+    """What to read of a dataset; dataset-only options without a dataset are refused."""
+    if source is None:
+        options = (("--stride", stride), ("--actions", actions), ("--cameras", cameras))
+        given = [name for name, value in options if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need --source h36m:ROOT | cub:ROOT | dogs:ROOT")
+        return DatasetSelection(split=split)
+    camera_ids = tuple(c.strip() for c in cameras.split(",") if c.strip()) if cameras is not None else None
+    return DatasetSelection(split=split, stride=stride, actions=actions or "all", cameras=camera_ids)
+
+
 @app.command()
 def generate(
     images: Path | None = typer.Argument(
@@ -52,9 +67,20 @@ def generate(
     out: Path = typer.Option(..., "--out", help="Zarr store to write (created or resumed)."),
     backend: str = typer.Option("sv3d", help="sv3d (diffusion on IMAGES) | render (the synthetic world)."),
     source: str | None = typer.Option(
-        None, help="For --backend render: synthetic:humanoid | synthetic:quadruped."
+        None,
+        help="For --backend render: synthetic:humanoid | synthetic:quadruped. For sv3d, instead of "
+        "IMAGES: a dataset with ground truth, h36m:ROOT | cub:ROOT | dogs:ROOT (layouts: README).",
     ),
-    split: str = typer.Option("train", help="For --backend render: train | test (disjoint motions)."),
+    split: str = typer.Option(
+        "train", help="train | test: disjoint motions (render) or the dataset's protocol split."
+    ),
+    stride: int | None = typer.Option(
+        None, help="Datasets: every N-th frame (h36m, default 5) or image (cub, dogs, default 1)."
+    ),
+    actions: str | None = typer.Option(
+        None, help="h36m: all (default) | paper (the six of KeyDiff3D) | comma list, e.g. Walking,Eating."
+    ),
+    cameras: str | None = typer.Option(None, help="h36m: comma list of camera ids (default: all four)."),
     num_samples: int = typer.Option(1000, help="For --backend render: samples to render."),
     features_model: Path | None = typer.Option(
         None,
@@ -146,6 +172,8 @@ def generate(
             config=config,
             backend=backend,
             world=_world(source, split, num_samples, seed) if backend == "render" else None,
+            dataset=source if backend == "sv3d" else None,
+            selection=_selection(source if backend == "sv3d" else None, split, stride, actions, cameras),
             features_model=features_model,
             workers=workers,
             scheduler=scheduler,

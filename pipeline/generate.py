@@ -10,6 +10,8 @@ from typing import Any
 from pipeline.backends import BackendSpec, RenderBackendSpec, SV3DBackendSpec, model_dir_exists
 from pipeline.runner import RunSummary, build_metadata, open_or_create, run_dask, run_local
 from stages.config import GenerationConfig
+from stages.datasets.registry import read_dataset
+from stages.datasets.selection import DatasetSelection
 from stages.sources import list_image_sources
 
 BACKENDS = ("sv3d", "render")
@@ -30,6 +32,10 @@ class GenerateJob:
     """'sv3d' (diffusion on image files) or 'render' (the synthetic world)."""
     world: Any = None
     """SyntheticWorldConfig for the render backend."""
+    dataset: str | None = None
+    """sv3d backend: NAME:ROOT of a dataset reader (h36m, cub, dogs), read instead of IMAGES."""
+    selection: DatasetSelection = DatasetSelection()
+    """Which part of `dataset` to read (split, stride, actions, cameras)."""
     features_model: Path | None = None
     """Render backend: local SV3D-p model directory whose features of the rendered views
     are stored (None: no features)."""
@@ -52,8 +58,12 @@ class GenerateJob:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "sv3d" and (self.images is None or self.model is None):
-            raise ValueError("the sv3d backend needs IMAGES and --model")
+        if self.backend == "sv3d" and (self.model is None or (self.images is None) == (self.dataset is None)):
+            raise ValueError(
+                "the sv3d backend needs --model and either IMAGES or --source NAME:ROOT, not both"
+            )
+        if self.dataset is not None and self.backend != "sv3d":
+            raise ValueError(f"--source {self.dataset} names a dataset, which the sv3d backend reads")
         if self.backend == "render" and self.world is None:
             raise ValueError("the render backend needs --source synthetic:CATEGORY")
         if self.features_model is not None and self.backend != "render":
@@ -82,17 +92,25 @@ def plan(job: GenerateJob) -> tuple[BackendSpec, list[Any], list[str], str]:
             features = str(model_dir_exists(str(job.features_model), "--features-model").resolve())
         spec = RenderBackendSpec(job.world, job.config, features, job.device, job.attention, job.threads)
         return spec, ids, ids, label
-    assert job.images is not None and job.model is not None  # checked in __post_init__
+    assert job.model is not None  # checked in __post_init__
     model_dir_exists(str(job.model))
-    sources = list_image_sources(job.images)
+    dataset = None
+    if job.dataset is not None:
+        dataset = read_dataset(job.dataset, job.selection)
+        sources, label = list(dataset.sources), f"{job.dataset} split={job.selection.split}"
+    else:
+        assert job.images is not None  # checked in __post_init__
+        sources, label = list_image_sources(job.images), str(job.images)
     spec = SV3DBackendSpec(
         model_dir=str(Path(job.model).resolve()),
         config=job.config,
         device=job.device,
         attention=job.attention,
         torch_threads=job.threads,
+        dataset_ground_truth=dataset.ground_truth if dataset is not None else None,
+        dataset_record=dataset.record if dataset is not None else None,
     )
-    return spec, sources, [s.sample_id for s in sources], str(job.images)
+    return spec, sources, [s.sample_id for s in sources], label
 
 
 def run_generate(job: GenerateJob) -> RunSummary:

@@ -168,6 +168,8 @@ def write_preview(path: Path, out: Path, samples: int = 4, min_tile: int = 128) 
         data = {n: np.asarray(store.array(n)[index]) for n in ("input_image", "views", "view_masks")}
         # Ground truth is drawn for people to check the cameras; training never reads it.
         joints = np.asarray(store.array("ground_truth/joints_2d")[index]) if has_joints else None
+        # Dataset caches know 2D joints in the input view only: the others are marked invisible.
+        visible = np.asarray(store.array("ground_truth/joints_2d_visible")[index]) if has_joints else None
         tiles = (
             [data["input_image"]]
             + list(data["views"])
@@ -180,10 +182,10 @@ def write_preview(path: Path, out: Path, samples: int = 4, min_tile: int = 128) 
             grid.paste(img.resize((tile, tile), Image.Resampling.NEAREST), (left, top + label_h))
             # a frame, so that an all-white mask does not vanish into the page
             draw.rectangle([left, top + label_h, left + tile - 1, top + label_h + tile - 1], outline="grey")
-        if joints is not None:
+        if joints is not None and visible is not None:
             scale = tile / size
             for v in range(k):
-                for u, w in joints[v] * scale:
+                for u, w in joints[v][visible[v] > 0] * scale:
                     x, y = (1 + v) * tile + u, top + label_h + w
                     draw.ellipse([x - 2, y - 2, x + 2, y + 2], outline="red", fill="yellow")
         caption = "input | views" + (" + ground-truth joints" if joints is not None else "") + " | masks"
