@@ -105,6 +105,7 @@ def test_make_tiny_model_writes_a_loadable_directory(tmp_path):
     assert {"unet", "vae", "image_encoder", "scheduler", "feature_extractor"} <= set(index)
 
 
-def test_train_placeholder_does_not_pretend_to_train():
-    result = CliRunner().invoke(train_app, ["fit"])
-    assert result.exit_code == 3 and "not implemented" in result.output
+def test_train_fit_names_a_missing_cache(tmp_path):
+    result = CliRunner().invoke(train_app, ["fit", str(tmp_path / "absent.zarr"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "absent.zarr" in result.output
+    assert not (tmp_path / "run").exists()
