@@ -234,3 +234,24 @@ def test_only_done_samples_are_trained_on(render_cache, tmp_path):
     assert 0.0 <= float(batch["views"].min()) and float(batch["views"].max()) <= 1.0
     whole = CacheReader(render_cache).read_batch([7], ("world_to_camera",))["world_to_camera"][0]
     assert np.allclose(batch["world_to_camera"][0].numpy(), whole)  # row order = request order
+
+
+def test_caches_that_disagree_are_refused_by_name(render_cache, tmp_path):
+    other = tmp_path / "other.zarr"
+    world = SyntheticWorldConfig("humanoid", "train", num_samples=2, seed=1)
+    run_generate(
+        GenerateJob(None, None, other, GenerationConfig(resolution=48), "render", world, progress=False)
+    )
+    with pytest.raises(TrainingError, match=r"other\.zarr: image size 48"):
+        fit(FitJob((render_cache, other), tmp_path / "run", TINY))
+    with pytest.raises(TrainingError, match="--views 5"):
+        fit(FitJob((render_cache,), tmp_path / "run5", StageTwoConfig(**{**TINY.to_dict(), "num_views": 5})))
+
+
+def test_rotation_consistency_and_single_view_variants_train(render_cache, tmp_path):
+    config = StageTwoConfig(**{**TINY.to_dict(), "steps": 1, "lambda_rotation": 0.1, "aggregation": "mean"})
+    fit(FitJob((render_cache,), tmp_path / "rot", config))
+    assert "rotation" in losses(tmp_path / "rot")[0]
+    single = StageTwoConfig(**{**TINY.to_dict(), "steps": 1, "num_views": 1})
+    fit(FitJob((render_cache,), tmp_path / "k1", single))
+    assert set(losses(tmp_path / "k1")[0]) == {"step", "perceptual", "mask", "total", "seconds"}
