@@ -115,9 +115,9 @@ class StageTwoConfig:
 
 PRESETS: dict[str, StageTwoConfig] = {
     "paper": StageTwoConfig(),
-    # Small enough to learn on 2 CPU cores in minutes: a 24^3 volume, 64 px reconstruction.
+    # Small enough to learn on 2 CPU cores in minutes: a 16^3 volume, 64 px reconstruction.
     "cpu": StageTwoConfig(
-        volume_size=24,
+        volume_size=16,
         feature_channels=32,
         feature_size=32,
         keypoint_channels=16,
@@ -125,7 +125,7 @@ PRESETS: dict[str, StageTwoConfig] = {
         render_size=64,
         edge_sigma=1.0,
         heatmap_sigma=1.5,
-        decoder_channels=32,
+        decoder_channels=16,
         steps=1500,
         lr=1e-3,
         lr_reconstruction=1e-3,
