@@ -178,3 +178,40 @@ def predict_command(
         record["frame"] = "cache world frame (keypoints_3d); view pixels, corner at 0 (keypoints_2d)"
         out.write_text(json.dumps(record))
     typer.echo(f"wrote keypoints of {len(result['index'])} samples from {checkpoint.name} to {out}")
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `fit`."),
+    train_cache: Path = typer.Option(
+        ..., "--train-cache", help="Cache whose ground truth fits the regressors."
+    ),
+    test_cache: Path = typer.Option(..., "--test-cache", help="Cache the errors are measured on."),
+    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, table.md and the PNGs."),
+    regressor: str = typer.Option("linear,mlp", help="Comma list of linear | mlp."),
+    ridge: float = typer.Option(0.0, help="Ridge penalty of the linear regressor."),
+    seed: int = typer.Option(0, help="Seed of the MLP regressor."),
+    root_joint: int = typer.Option(0, help="Joint index N-MPJPE centres on."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """Map discovered keypoints to ground-truth joints and report MPJPE, N-MPJPE, P-MPJPE (mm)."""
+    from pipeline.evaluate import run_eval
+    from stages.evaluation.evaluate import EvalConfig
+
+    try:
+        config = EvalConfig(
+            tuple(r.strip() for r in regressor.split(",") if r.strip()), ridge, seed, root_joint
+        )
+        with tqdm(desc="predicting", unit="sample") as bar:
+            record = run_eval(
+                run_dir, train_cache, test_cache, out, config, str(resolve_device(device)), bar.update
+            )
+    except (StageError, CacheError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"train {record['train_samples']} samples, test {record['test_samples']} samples")
+    typer.echo((out / "table.md").read_text().rstrip())
+    written = ", ".join(
+        str(out / name) for name in ("metrics.json", "table.md", "skeletons.png", "joint_errors.png")
+    )
+    typer.echo(f"wrote {written}")

@@ -1,0 +1,94 @@
+"""From discovered keypoints to joint errors: fit regressors on training data, measure on test data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stages.evaluation.metrics import PoseErrors, mpjpe, n_mpjpe, p_mpjpe
+from stages.evaluation.regressors import LinearRegressor, MLPRegressor, flatten_keypoints, unflatten_joints
+
+REGRESSORS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How discovered keypoints are mapped to ground-truth joints."""
+
+    regressors: tuple[str, ...] = REGRESSORS
+    """'linear' (least squares with bias) and/or 'mlp' (2 hidden layers, the paper's '2 hid MLP')."""
+    ridge: float = 0.0
+    """Ridge penalty of the linear regressor (the bias is not penalised)."""
+    seed: int = 0
+    """Seed of the MLP's initialisation and shuffling."""
+    root_joint: int = 0
+    """Joint that N-MPJPE centres on (the pelvis / hip in Human3.6M order)."""
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.regressors if r not in REGRESSORS]
+        if unknown or not self.regressors:
+            raise ValueError(f"regressors must be a non-empty subset of {REGRESSORS}, got {self.regressors}")
+
+
+@dataclass(frozen=True)
+class RegressionResult:
+    """Errors of one regressor on the test set, and its predictions (S, J, 3)."""
+
+    regression: str
+    mpjpe: PoseErrors
+    n_mpjpe: PoseErrors
+    p_mpjpe: PoseErrors
+    predictions: np.ndarray
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "regression": self.regression,
+            "mpjpe_mm": self.mpjpe.overall_mm,
+            "n_mpjpe_mm": self.n_mpjpe.overall_mm,
+            "p_mpjpe_mm": self.p_mpjpe.overall_mm,
+            "per_joint_mpjpe_mm": self.mpjpe.per_joint_mm.tolist(),
+            "per_joint_p_mpjpe_mm": self.p_mpjpe.per_joint_mm.tolist(),
+        }
+
+
+def score(regression: str, predictions: np.ndarray, truth: np.ndarray, root_joint: int) -> RegressionResult:
+    """All three errors of predicted joints (S, J, 3) against the truth (S, J, 3)."""
+    return RegressionResult(
+        regression,
+        mpjpe(predictions, truth),
+        n_mpjpe(predictions, truth, root=root_joint),
+        p_mpjpe(predictions, truth),
+        predictions,
+    )
+
+
+def regress_and_score(
+    train_keypoints: np.ndarray,
+    train_joints: np.ndarray,
+    test_keypoints: np.ndarray,
+    test_joints: np.ndarray,
+    config: EvalConfig,
+) -> list[RegressionResult]:
+    """Fit each regressor keypoints (S, N, 3) -> joints (S, J, 3) on train, score it on test."""
+    x_train, x_test = flatten_keypoints(train_keypoints), flatten_keypoints(test_keypoints)
+    y_train = flatten_keypoints(train_joints)
+    joints = train_joints.shape[1]
+    results = []
+    for name in config.regressors:
+        regressor = (
+            LinearRegressor(ridge=config.ridge) if name == "linear" else MLPRegressor(seed=config.seed)
+        )
+        regressor.fit(x_train, y_train)
+        predicted = unflatten_joints(regressor.predict(x_test), joints)
+        results.append(score(name, predicted, test_joints, config.root_joint))
+    return results
+
+
+def mean_pose_baseline(
+    train_joints: np.ndarray, test_joints: np.ndarray, root_joint: int
+) -> RegressionResult:
+    """Predict the training set's mean pose (J, 3) for every test sample."""
+    mean = train_joints.mean(axis=0, keepdims=True)
+    return score("mean pose", np.repeat(mean, len(test_joints), axis=0), test_joints, root_joint)

@@ -1,0 +1,91 @@
+"""`keydiff3d-train eval` and the baselines on tiny synthetic caches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pybullet")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from pipeline.generate import GenerateJob, run_generate  # noqa: E402
+from pipeline.train_cli import app  # noqa: E402
+from stages.config import GenerationConfig  # noqa: E402
+from stages.evaluation.evaluate import EvalConfig, mean_pose_baseline, regress_and_score  # noqa: E402
+from stages.evaluation.supervised import train_supervised  # noqa: E402
+from stages.keypoints.config import StageTwoConfig  # noqa: E402
+from stages.keypoints.training import FitJob, fit  # noqa: E402
+from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
+from tests.test_stage_two import TINY  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def split_caches(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    paths = {}
+    for split, n in (("train", 12), ("test", 6)):
+        world = SyntheticWorldConfig("humanoid", split, num_samples=n, seed=0)
+        paths[split] = folder / f"{split}.zarr"
+        job = GenerateJob(
+            None, None, paths[split], GenerationConfig(resolution=32), "render", world, progress=False
+        )
+        run_generate(job)
+    return paths
+
+
+def test_eval_writes_the_table_json_and_pictures(split_caches, tmp_path):
+    fit(FitJob((split_caches["train"],), tmp_path / "run", TINY))
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval", str(tmp_path / "run"), "--train-cache", str(split_caches["train"]),
+            "--test-cache", str(split_caches["test"]), "--out", str(out), "--regressor", "linear",
+            "--ridge", "1.0", "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    assert (record["train_samples"], record["test_samples"]) == (12, 6)
+    (ours,) = record["results"]
+    assert ours["regression"] == "linear" and len(ours["per_joint_mpjpe_mm"]) == len(record["joint_names"])
+    assert all(np.isfinite(ours[k]) for k in ("mpjpe_mm", "n_mpjpe_mm", "p_mpjpe_mm"))
+    table = (out / "table.md").read_text()
+    assert "| KeyDiff3D (ours) | 4 | 6 | linear |" in table and "mean pose" in table
+    assert (out / "skeletons.png").stat().st_size > 1000 and (out / "joint_errors.png").is_file()
+
+
+def test_eval_refuses_a_cache_without_3d_truth_and_a_run_without_checkpoint(
+    split_caches, tmp_path, good_images
+):
+    result = CliRunner().invoke(
+        app,
+        ["eval", str(tmp_path / "none"), "--train-cache", str(split_caches["train"]),
+         "--test-cache", str(split_caches["test"]), "--out", str(tmp_path / "e")],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "no checkpoint" in result.output
+
+
+def test_regressors_beat_the_mean_pose_when_keypoints_carry_the_pose():
+    rng = np.random.default_rng(0)
+    joints = rng.normal(size=(200, 5, 3)) * 0.2
+    mixing = rng.normal(size=(15, 24))
+    keypoints = (joints.reshape(200, 15) @ mixing).reshape(200, 8, 3)  # an invertible linear code of the pose
+    results = regress_and_score(
+        keypoints[:150], joints[:150], keypoints[150:], joints[150:], EvalConfig(("linear",))
+    )
+    baseline = mean_pose_baseline(joints[:150], joints[150:], 0)
+    assert results[0].mpjpe.overall_mm < 1e-3 < baseline.mpjpe.overall_mm
+
+
+def test_supervised_upper_bound_moves_keypoints_towards_the_joints(split_caches):
+    from cache_schema import CacheReader
+
+    joints = len(CacheReader(split_caches["train"]).layout.ground_truth.joint_names)
+    config = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": joints, "steps": 30, "batch_size": 4})
+    losses = []
+    train_supervised(config, [split_caches["train"]], lambda step, loss: losses.append(loss))
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
