@@ -106,6 +106,8 @@ def test_make_tiny_model_writes_a_loadable_directory(tmp_path):
 
 
 def test_train_fit_names_a_missing_cache(tmp_path):
-    result = CliRunner().invoke(train_app, ["fit", str(tmp_path / "absent.zarr"), "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        train_app, ["fit", str(tmp_path / "absent.zarr"), "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2 and "absent.zarr" in result.output
     assert not (tmp_path / "run").exists()
