@@ -13,6 +13,7 @@ import pybullet as pb
 
 from stages.synthetic.errors import SyntheticWorldError
 from stages.synthetic.mocap import CLIP_LAYOUTS, Pose
+from stages.synthetic.quiet import c_stdout_silenced
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ def load_figure(client_id: int, category: str) -> Figure:
 
     spec = spec_for(category)
     pb.setAdditionalSearchPath(pybullet_data.getDataPath(), physicsClientId=client_id)
-    body = pb.loadURDF(spec.urdf, globalScaling=spec.scale, physicsClientId=client_id)
+    with c_stdout_silenced():
+        body = pb.loadURDF(spec.urdf, globalScaling=spec.scale, physicsClientId=client_id)
     infos = [
         pb.getJointInfo(body, j, physicsClientId=client_id)
         for j in range(pb.getNumJoints(body, physicsClientId=client_id))
