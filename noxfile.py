@@ -40,6 +40,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Stage-one benchmarks: prints a table and writes bench-results/stage_one.json."""
+    """Stage-one and synthetic-world benchmarks: tables, and JSON in bench-results/
+    (stage_one.json, render.json). Arguments go to bench_stage_one.py."""
     install(session)
     session.run("python", "benchmarks/bench_stage_one.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+    session.run("python", "benchmarks/bench_render.py", env={"HF_HUB_OFFLINE": "1"})

@@ -15,7 +15,6 @@ The defaults (12 images, 8 frames, 8 steps) finish in a few minutes on 2 CPU cor
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -34,6 +33,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numcodecs  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_common import json_default, print_notes, print_table, time_cluster_start, timed  # noqa: E402
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
@@ -122,55 +122,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- printing
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    print(f"\n== {title}")
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        # first column (labels) left-aligned, numbers right-aligned
-        padded = [v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(padded))
-
-
-def print_notes(notes: Sequence[str]) -> None:
-    for note in notes:
-        print(f"  note: {note}")
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    tic = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - tic
-
-
 # --------------------------------------------------------------------------- 1. throughput
-
-
-def time_cluster_start(workers: int) -> float:
-    """Seconds to start and close a LocalCluster like `run_dask` does, with no work."""
-    from dask.distributed import Client, LocalCluster
-
-    tic = time.perf_counter()
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    with Client(cluster):
-        pass
-    cluster.close()
-    return time.perf_counter() - tic
 
 
 def run_row(label: str, summary: RunSummary, wall: float, cluster_s: float | None) -> dict[str, Any]:
@@ -189,11 +141,11 @@ def run_row(label: str, summary: RunSummary, wall: float, cluster_s: float | Non
 
 def bench_throughput(setup: Setup) -> dict[str, Any]:
     rows = []
-    summary, wall = _timed(lambda: run_generate(setup.job("local.zarr")))
+    summary, wall = timed(lambda: run_generate(setup.job("local.zarr")))
     rows.append(run_row("in-process, no dask (cold: loads model)", summary, wall, None))
     for workers in (1, 2):
         cluster_s = time_cluster_start(workers)
-        summary, wall = _timed(lambda w=workers: run_generate(setup.job(f"dask{w}.zarr", workers=w)))
+        summary, wall = timed(lambda w=workers: run_generate(setup.job(f"dask{w}.zarr", workers=w)))
         rows.append(run_row(f"dask LocalCluster workers={workers}", summary, wall, cluster_s))
     print_table(
         "1. Throughput of run_generate (CPU, tiny model, threads=1 per process)",
@@ -281,7 +233,7 @@ def bench_overhead(setup: Setup) -> dict[str, Any]:
     bare, full_wall, full_summary = [], [], []
     for attempt in range(2):  # interleaved, so drift hits both alike
         bare.append(time_bare_loop(pipe, backend, prepared, setup.config))
-        summary, wall = _timed(lambda a=attempt: run_generate(setup.job(f"overhead{a}.zarr")))
+        summary, wall = timed(lambda a=attempt: run_generate(setup.job(f"overhead{a}.zarr")))
         full_wall.append(wall)
         full_summary.append(summary.seconds)
     best_bare, best_wall, best_loop = min(bare), min(full_wall), min(full_summary)
@@ -853,17 +805,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         **results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=_json_default))
+    args.out.write_text(json.dumps(report, indent=2, default=json_default))
     print(f"\ntotal runtime {runtime:.0f} s; results in {args.out}")
     return report
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 if __name__ == "__main__":

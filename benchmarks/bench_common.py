@@ -1,0 +1,68 @@
+"""What the benchmark scripts share: timing, tables, JSON, a bare dask cluster's cost.
+
+Light on purpose (numpy and dask only): dask's worker processes import the running
+script's module again, and a heavy import there would be timed as cluster start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(f"\n== {title}")
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        # first column (labels) left-aligned, numbers right-aligned
+        padded = [v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(padded))
+
+
+def print_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        print(f"  note: {note}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds it took)."""
+    tic = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - tic
+
+
+def time_cluster_start(workers: int) -> float:
+    """Seconds to start and close a LocalCluster like `run_dask` does, with no work."""
+    from dask.distributed import Client, LocalCluster
+
+    tic = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    with Client(cluster):
+        pass
+    cluster.close()
+    return time.perf_counter() - tic
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
