@@ -40,8 +40,17 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Stage-one and synthetic-world benchmarks: tables, and JSON in bench-results/
-    (stage_one.json, render.json). Arguments go to bench_stage_one.py."""
+    """Speed benchmarks: tables, and JSON in bench-results/ (stage_one.json, render.json,
+    stage_two.json). Arguments go to bench_stage_one.py."""
     install(session)
     session.run("python", "benchmarks/bench_stage_one.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
     session.run("python", "benchmarks/bench_render.py", env={"HF_HUB_OFFLINE": "1"})
+    session.run("python", "benchmarks/bench_stage_two.py", env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def quality(session: nox.Session) -> None:
+    """The quality benchmark (about an hour on 2 cores): bench-results/quality.json and a table.
+    Arguments go to bench_quality.py (e.g. --steps, --seeds, --train-samples)."""
+    install(session)
+    session.run("python", "benchmarks/bench_quality.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
