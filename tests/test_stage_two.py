@@ -255,3 +255,21 @@ def test_rotation_consistency_and_single_view_variants_train(render_cache, tmp_p
     single = StageTwoConfig(**{**TINY.to_dict(), "steps": 1, "num_views": 1})
     fit(FitJob((render_cache,), tmp_path / "k1", single))
     assert set(losses(tmp_path / "k1")[0]) == {"step", "perceptual", "mask", "total", "seconds"}
+
+
+def test_mixed_precision_keeps_the_geometry_in_float32(render_cache):
+    from stages.keypoints.data import CacheTrainingSet
+    from stages.keypoints.losses import training_losses
+    from stages.keypoints.perceptual import build_perceptual_loss
+    from stages.keypoints.training import build_model, step_generator
+
+    model, _ = build_model(TINY, (render_cache,))
+    batch = CacheTrainingSet([render_cache], 4, TINY.render_size, False).__getitems__([0, 1])
+    # CPU bf16 autocast stands in for the CUDA path, which this machine cannot run.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms, outputs = training_losses(
+            model, build_perceptual_loss("ssim", None), batch, TINY, step_generator(0, 0)
+        )
+    terms["total"].backward()
+    assert outputs.keypoints.dtype == outputs.uv.dtype == outputs.edges.dtype == torch.float32
+    assert torch.isfinite(terms["total"]) and model.adjacency.grad is not None

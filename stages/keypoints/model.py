@@ -80,10 +80,9 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         head = self.keypoint_head(features)
         b = head.shape[0]
         m = self.config.volume_size
-        points = self.voxel_centres.reshape(1, -1, 3).expand(b, -1, -1).to(head.dtype)
-        uv, depth = geometry.project_to_views(
-            points, intrinsics.to(head.dtype), world_to_camera.to(head.dtype)
-        )
+        points = self.voxel_centres.reshape(1, -1, 3).expand(b, -1, -1)
+        with _full_precision(head):
+            uv, depth = geometry.project_to_views(points.float(), intrinsics.float(), world_to_camera.float())
         sampled, inside = geometry.sample_views(head, uv, self.config.image_size, depth=depth)
         values, logits = sampled[:, :, :-1], sampled[:, :, -1]
         if self.config.aggregation == "softmax":
@@ -101,25 +100,35 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         """3D keypoints (B, N, 3) in the world frame and their voxel probabilities (B, N, M, M, M)."""
         volume = self.lift(self.view_features(inputs), intrinsics, world_to_camera)
         heatmaps = self.volume_net(volume)
-        return geometry.soft_argmax_3d(heatmaps, self.voxel_centres.to(heatmaps.dtype))
+        with _full_precision(heatmaps):
+            return geometry.soft_argmax_3d(heatmaps.float(), self.voxel_centres.float())
 
     def project(
         self, keypoints: torch.Tensor, intrinsics: torch.Tensor, world_to_camera: torch.Tensor
     ) -> torch.Tensor:
         """Keypoints (B, N, 3) -> pixels (B, V, N, 2) at render_size."""
         scale = self.config.render_size / self.config.image_size
-        scaled = intrinsics.clone()
+        scaled = intrinsics.float().clone()
         scaled[..., :2, :] = scaled[..., :2, :] * scale
-        uv, _ = geometry.project_to_views(keypoints, scaled, world_to_camera)
+        with _full_precision(keypoints):
+            uv, _ = geometry.project_to_views(keypoints.float(), scaled, world_to_camera.float())
         return uv
 
     def structure_maps(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Edge maps (B, V, H, W) and structure input (B, V, N + 1, H, W) at render_size."""
         size = self.config.render_size
-        edges = geometry.edge_maps(uv, self.edge_weights(), size, size, self.config.edge_sigma)
-        heatmaps = geometry.gaussian_heatmaps(uv, size, size, self.config.heatmap_sigma)
+        with _full_precision(uv):
+            edges = geometry.edge_maps(
+                uv.float(), self.edge_weights().float(), size, size, self.config.edge_sigma
+            )
+            heatmaps = geometry.gaussian_heatmaps(uv.float(), size, size, self.config.heatmap_sigma)
         return edges, torch.cat([edges.unsqueeze(2), heatmaps], dim=2)
 
     def reconstruct(self, structure: torch.Tensor, appearance_image: torch.Tensor) -> torch.Tensor:
         """Structure (B, V, N + 1, H, W) and the input view (B, 3, H, W) -> views (B, V, 3, H, W)."""
         return self.decoder(structure, self.appearance(appearance_image))
+
+
+def _full_precision(tensor: torch.Tensor) -> torch.autocast:
+    """Geometry runs in float32 even under mixed precision: bf16 pixels are off by pixels."""
+    return torch.autocast(tensor.device.type, enabled=False)
