@@ -17,6 +17,11 @@ TABLE_HEADER = (
 )
 
 
+TABLE_2D_HEADER = (
+    "| method | #views | #kp | regression | 2D error / image size (%) |\n|---|---|---|---|---|\n"
+)
+
+
 def table_row(method: str, views: Any, keypoints: Any, result: dict[str, Any]) -> str:
     return (
         f"| {method} | {views} | {keypoints} | {result['regression']} | {result['mpjpe_mm']:.2f} | "
@@ -55,15 +60,17 @@ def write_skeletons(
     return out
 
 
-def write_joint_errors(out: Path, names: list[str], results: list[dict[str, Any]]) -> Path:
-    """Per-joint MPJPE of each regressor as grouped bars."""
+def write_joint_errors(
+    out: Path, names: list[str], results: list[dict[str, Any]], label: str = "MPJPE (mm)"
+) -> Path:
+    """Per-joint error ('per_joint_mpjpe_mm' of each result) as grouped bars."""
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names)), 3.6))
     width = 0.8 / max(len(results), 1)
     x = np.arange(len(names))
     for i, result in enumerate(results):
         ax.bar(x + i * width, result["per_joint_mpjpe_mm"], width, label=result["regression"])
     ax.set_xticks(x + width * (len(results) - 1) / 2, names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("MPJPE (mm)")
+    ax.set_ylabel(label)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=90)

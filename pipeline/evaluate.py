@@ -10,28 +10,56 @@ from typing import Any
 import numpy as np
 
 from cache_schema import CacheError, CacheReader
-from pipeline.eval_report import TABLE_HEADER, table_row, write_joint_errors, write_skeletons
-from stages.evaluation.evaluate import EvalConfig, mean_pose_baseline, regress_and_score
+from pipeline.eval_report import TABLE_2D_HEADER, TABLE_HEADER, table_row, write_joint_errors, write_skeletons
+from stages.evaluation.evaluate import EvalConfig, mean_pose_baseline, regress_and_score, regress_and_score_2d
 from stages.keypoints.checkpoint import latest_checkpoint, load_model
 from stages.keypoints.predict import predict_cache
 
 
+def evaluation_space(cache: Path, space: str) -> str:
+    """'3d' where the cache has 3D ground truth, else '2d' (birds, dogs); or as asked."""
+    truth = CacheReader(cache).layout.ground_truth
+    if truth is None:
+        raise CacheError(f"{cache}: no ground truth to evaluate against")
+    if space == "auto":
+        return "3d" if truth.has_3d else "2d"
+    if (
+        space not in ("2d", "3d")
+        or (space == "3d" and not truth.has_3d)
+        or (space == "2d" and not truth.has_2d)
+    ):
+        raise CacheError(
+            f"{cache}: cannot evaluate in space {space!r} (has_3d={truth.has_3d}, has_2d={truth.has_2d})"
+        )
+    return space
+
+
 def predict_with_truth(
-    run_dir: Path, cache: Path, device: str, progress: Callable[[int], None] | None = None
-) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """Keypoints of every done sample, its 3D ground truth (S, J, 3) and the joint names."""
+    run_dir: Path, cache: Path, device: str, progress: Callable[[int], None] | None = None, space: str = "3d"
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+    """Keypoints of every done sample, its ground truth and the joint names.
+
+    The truth is {'joints': (S, J, 3)} in 3D, or {'joints': (S, J, 2), 'visible': (S, J)}
+    of the input view (view 0) in 2D.
+    """
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise ValueError(f"{run_dir}: no checkpoint (run `keydiff3d-train fit` first)")
     config = json.loads((Path(run_dir) / "config.json").read_text())["stage_two"]
     reader = CacheReader(cache)
     truth_spec = reader.layout.ground_truth
-    if truth_spec is None or not truth_spec.has_3d:
-        raise CacheError(f"{cache}: no 3D ground truth to evaluate against")
+    assert truth_spec is not None  # checked by evaluation_space
     predicted = predict_cache(
         load_model(checkpoint), cache, config["num_views"], device=device, progress=progress
     )
-    truth = reader.read_ground_truth(predicted["index"].tolist())["joints_3d"]
+    stored = reader.read_ground_truth(predicted["index"].tolist())
+    if space == "3d":
+        truth = {"joints": stored["joints_3d"]}
+    else:
+        truth = {
+            "joints": stored["joints_2d"][:, 0],
+            "visible": stored["joints_2d_visible"][:, 0].astype(bool),
+        }
     return predicted, truth, list(truth_spec.joint_names)
 
 
@@ -43,41 +71,71 @@ def run_eval(
     config: EvalConfig | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
+    space: str = "auto",
 ) -> dict[str, Any]:
-    """Write metrics.json, table.md, skeletons.png and joint_errors.png into `out`; return the record."""
+    """Write metrics.json, table.md and PNGs into `out`; return the record.
+
+    space: '3d' (MPJPE family), '2d' (input-view error normalised by the image size), or
+    'auto' (3d where the test cache has 3D ground truth).
+    """
     config = config or EvalConfig()
     if latest_checkpoint(run_dir) is None:
         raise ValueError(f"{run_dir}: no checkpoint (run `keydiff3d-train fit` first)")
+    space = evaluation_space(test_cache, space)
+    evaluation_space(train_cache, space)
     run_config = json.loads((Path(run_dir) / "config.json").read_text())["stage_two"]
-    train, train_truth, names = predict_with_truth(run_dir, train_cache, device, progress)
-    test, test_truth, test_names = predict_with_truth(run_dir, test_cache, device, progress)
+    train, train_truth, names = predict_with_truth(run_dir, train_cache, device, progress, space)
+    test, test_truth, test_names = predict_with_truth(run_dir, test_cache, device, progress, space)
     if names != test_names:
         raise CacheError(f"{train_cache} and {test_cache} have different joints: {names} vs {test_names}")
-    results = regress_and_score(train["keypoints_3d"], train_truth, test["keypoints_3d"], test_truth, config)
-    baseline = mean_pose_baseline(train_truth, test_truth, config.root_joint)
-    rows = [r.summary() for r in results]
-    record = {
+    record: dict[str, Any] = {
         "run_dir": str(Path(run_dir).resolve()),
         "checkpoint": str(latest_checkpoint(run_dir)),
         "train_cache": str(train_cache),
         "test_cache": str(test_cache),
-        "train_samples": len(train_truth),
-        "test_samples": len(test_truth),
+        "space": space,
+        "train_samples": len(train["index"]),
+        "test_samples": len(test["index"]),
         "joint_names": names,
         "eval_config": {**config.__dict__, "regressors": list(config.regressors)},
         "stage_two": run_config,
-        "results": rows,
-        "baselines": [baseline.summary()],
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
     views, keypoints = run_config["num_views"], run_config["num_keypoints"]
-    table = TABLE_HEADER + "".join(table_row("KeyDiff3D (ours)", views, keypoints, row) for row in rows)
-    table += table_row("mean pose (baseline)", "-", "-", baseline.summary())
+    if space == "2d":
+        image_size = CacheReader(test_cache).layout.image_size
+        result = regress_and_score_2d(
+            train["keypoints_2d"][:, 0], train_truth["joints"], train_truth["visible"],
+            test["keypoints_2d"][:, 0], test_truth["joints"], test_truth["visible"], image_size, config.ridge,
+        )  # fmt: skip
+        result.pop("predictions")
+        record["results"] = [result]
+        percent = result["overall_percent"]
+        table = (
+            TABLE_2D_HEADER
+            + f"| KeyDiff3D (ours) | {views} | {keypoints} | {result['regression']} | {percent:.2f} |\n"
+        )
+        write_joint_errors(
+            out / "joint_errors.png", names, [_per_joint_percent(result)], "error / image size (%)"
+        )
+    else:
+        results = regress_and_score(
+            train["keypoints_3d"], train_truth["joints"], test["keypoints_3d"], test_truth["joints"], config
+        )
+        baseline = mean_pose_baseline(train_truth["joints"], test_truth["joints"], config.root_joint)
+        rows = [r.summary() for r in results]
+        record["results"], record["baselines"] = rows, [baseline.summary()]
+        table = TABLE_HEADER + "".join(table_row("KeyDiff3D (ours)", views, keypoints, row) for row in rows)
+        table += table_row("mean pose (baseline)", "-", "-", baseline.summary())
+        best = min(results, key=lambda r: r.mpjpe.overall_mm)
+        title = f"test samples, {best.regression} regression"
+        write_skeletons(out / "skeletons.png", best.predictions, test_truth["joints"], title)
+        write_joint_errors(out / "joint_errors.png", names, rows)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
     (out / "table.md").write_text(table)
-    best = min(results, key=lambda r: r.mpjpe.overall_mm)
-    write_skeletons(
-        out / "skeletons.png", best.predictions, test_truth, f"test samples, {best.regression} regression"
-    )
-    write_joint_errors(out / "joint_errors.png", names, rows)
     return record
+
+
+def _per_joint_percent(result: dict[str, Any]) -> dict[str, Any]:
+    values = [np.nan if v is None else 100 * v for v in result["per_joint"]]
+    return {"regression": result["regression"], "per_joint_mpjpe_mm": values}

@@ -192,6 +192,9 @@ def eval_command(
     ridge: float = typer.Option(0.0, help="Ridge penalty of the linear regressor."),
     seed: int = typer.Option(0, help="Seed of the MLP regressor."),
     root_joint: int = typer.Option(0, help="Joint index N-MPJPE centres on."),
+    space: str = typer.Option(
+        "auto", help="3d (MPJPE family) | 2d (input-view error / image size, birds and dogs) | auto"
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
 ) -> None:
     """Map discovered keypoints to ground-truth joints and report MPJPE, N-MPJPE, P-MPJPE (mm)."""
@@ -204,7 +207,7 @@ def eval_command(
         )
         with tqdm(desc="predicting", unit="sample") as bar:
             record = run_eval(
-                run_dir, train_cache, test_cache, out, config, str(resolve_device(device)), bar.update
+                run_dir, train_cache, test_cache, out, config, str(resolve_device(device)), bar.update, space
             )
     except (StageError, CacheError, ValueError) as exc:
         _fail(str(exc))

@@ -89,3 +89,37 @@ def test_supervised_upper_bound_moves_keypoints_towards_the_joints(split_caches)
     losses = []
     train_supervised(config, [split_caches["train"]], lambda step, loss: losses.append(loss))
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_eval_in_2d_reports_the_error_normalised_by_image_size(split_caches, tmp_path):
+    fit(FitJob((split_caches["train"],), tmp_path / "run", TINY))
+    out = tmp_path / "eval2d"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval", str(tmp_path / "run"), "--train-cache", str(split_caches["train"]),
+            "--test-cache", str(split_caches["test"]), "--out", str(out), "--space", "2d", "--ridge", "1.0",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["space"] == "2d"
+    (row,) = record["results"]
+    assert 0.0 < row["overall"] < 1.0 and row["overall_percent"] == pytest.approx(100 * row["overall"])
+    assert "2D error / image size (%)" in (out / "table.md").read_text()
+    assert (out / "joint_errors.png").is_file() and not (out / "skeletons.png").exists()
+
+
+def test_2d_regression_per_joint_uses_only_annotated_samples():
+    from stages.evaluation.evaluate import regress_and_score_2d
+
+    rng = np.random.default_rng(1)
+    keypoints = rng.uniform(0, 64, size=(60, 4, 2))
+    joints = keypoints[:, :3] * 0.5 + 10.0  # an exact affine map of the keypoints
+    visible = np.ones((60, 3), dtype=bool)
+    visible[:20, 1] = False
+    joints[:20, 1] = 1e6  # unannotated garbage must not leak into the fit
+    result = regress_and_score_2d(
+        keypoints[:40], joints[:40], visible[:40], keypoints[40:], joints[40:], visible[40:], 64.0
+    )
+    assert result["overall"] < 1e-6

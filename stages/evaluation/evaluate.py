@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.evaluation.metrics import PoseErrors, mpjpe, n_mpjpe, p_mpjpe
+from stages.evaluation.metrics import PoseErrors, mpjpe, n_mpjpe, normalised_2d_error, p_mpjpe
 from stages.evaluation.regressors import LinearRegressor, MLPRegressor, flatten_keypoints, unflatten_joints
 
 REGRESSORS = ("linear", "mlp")
@@ -92,3 +92,34 @@ def mean_pose_baseline(
     """Predict the training set's mean pose (J, 3) for every test sample."""
     mean = train_joints.mean(axis=0, keepdims=True)
     return score("mean pose", np.repeat(mean, len(test_joints), axis=0), test_joints, root_joint)
+
+
+def regress_and_score_2d(
+    train_keypoints: np.ndarray,
+    train_joints: np.ndarray,
+    train_visible: np.ndarray,
+    test_keypoints: np.ndarray,
+    test_joints: np.ndarray,
+    test_visible: np.ndarray,
+    image_size: float,
+    ridge: float = 0.0,
+) -> dict[str, Any]:
+    """The 2D protocol (birds, dogs): keypoints projected into the input view, regressed to
+    the annotated parts, error normalised by the image size.
+
+    keypoints (S, N, 2) and joints (S, J, 2) in input-view pixels, visible (S, J) bool.
+    One linear regressor per joint, fitted on the training samples where that joint is
+    annotated (annotations are missing at random, so one joint regressor cannot use all).
+    """
+    x_train = train_keypoints.reshape(len(train_keypoints), -1)
+    x_test = test_keypoints.reshape(len(test_keypoints), -1)
+    predicted = np.zeros_like(test_joints, dtype=np.float64)
+    for joint in range(train_joints.shape[1]):
+        rows = np.flatnonzero(train_visible[:, joint])
+        if len(rows) == 0:
+            predicted[:, joint] = np.nan
+            continue
+        regressor = LinearRegressor(ridge=ridge).fit(x_train[rows], train_joints[rows, joint])
+        predicted[:, joint] = regressor.predict(x_test)
+    errors = normalised_2d_error(predicted, test_joints, test_visible.astype(bool), image_size)
+    return {"regression": "linear per joint", **errors.to_dict(), "predictions": predicted}
