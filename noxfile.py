@@ -33,9 +33,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy on the cache format and the camera geometry."""
+    """mypy on the cache format, the cameras, the stage-two geometry and the metrics."""
     install(session)
-    session.run("mypy", "cache_schema", "stages/cameras.py", "stages/config.py")
+    session.run(
+        "mypy",
+        "cache_schema",
+        "stages/cameras.py",
+        "stages/config.py",
+        "stages/keypoints/geometry.py",
+        "stages/evaluation/metrics.py",
+    )
 
 
 @nox.session
