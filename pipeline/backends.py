@@ -16,6 +16,7 @@ import torch
 
 from cache_schema import FeatureLayerSpec, GroundTruthSpec, digest
 from stages.config import GenerationConfig
+from stages.devices import resolve_device
 from stages.sources import ImageSource
 from stages.stage_one import ImageSampleMaker
 
@@ -45,15 +46,6 @@ class BackendSpec(Protocol):
     def sample_maker(self, items: list[Any]) -> tuple[list[str], SampleMaker]: ...
 
     def uses_gpu(self) -> bool: ...
-
-
-def resolve_device(name: str) -> str:
-    """'auto' is CUDA when present, else CPU; anything else is checked."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return name
 
 
 def _once(cache: dict[str, Any], key: str, build: Callable[[], Any]) -> Any:

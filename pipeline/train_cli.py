@@ -11,13 +11,14 @@ from tqdm.auto import tqdm
 
 from cache_schema import CacheError, CacheReader
 from pipeline.train_report import write_loss_curve, write_preview
+from stages.devices import resolve_device
 from stages.errors import StageError
 from stages.keypoints.checkpoint import latest_checkpoint, load_model
 from stages.keypoints.config import preset
 from stages.keypoints.losses import StepOutputs
 from stages.keypoints.model import KeyDiff3DModel
 from stages.keypoints.predict import predict_cache
-from stages.keypoints.training import METRICS, FitJob, fit, resolve_device
+from stages.keypoints.training import METRICS, FitJob, fit
 
 app = typer.Typer(
     help="Stage two of KeyDiff3D: learn 3D keypoints from cached views by reconstruction.",
@@ -207,7 +208,7 @@ def eval_command(
         )
         with tqdm(desc="predicting", unit="sample") as bar:
             record = run_eval(
-                run_dir, train_cache, test_cache, out, config, str(resolve_device(device)), bar.update, space
+                run_dir, train_cache, test_cache, out, config, resolve_device(device), bar.update, space
             )
     except (StageError, CacheError, ValueError) as exc:
         _fail(str(exc))

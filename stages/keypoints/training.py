@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.devices import resolve_device
 from stages.keypoints.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import CacheTrainingSet, StepBatchSampler, keep_batch, summarise_caches
@@ -56,14 +57,6 @@ class FitSummary:
     @property
     def wait_fraction(self) -> float:
         return self.wait_seconds / self.seconds if self.seconds else 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDiff3DModel, dict[str, Any]]:
@@ -122,7 +115,7 @@ def fit(
     """
     config = job.config
     run_dir = Path(job.run_dir)
-    device = resolve_device(job.device)
+    device = torch.device(resolve_device(job.device))
     perceptual = build_perceptual_loss(config.perceptual, job.vgg_weights).to(device)
     model, record = build_model(config, tuple(job.caches))
     optimizer = torch.optim.AdamW(
