@@ -26,8 +26,12 @@ class GroundTruthTrainingSet(CacheTrainingSet):
         batch = super().__getitems__(indices)
         picked = self.items[np.asarray(indices, dtype=np.int64)]
         readers = self._open()
-        joints = [readers[int(cache)].read_ground_truth([int(row)])["joints_3d"][0] for cache, row in picked]
-        batch["joints_3d"] = torch.from_numpy(np.stack(joints)).float()
+        joints = np.zeros((len(picked), *readers[0].layout.arrays()["ground_truth/joints_3d"].shape[1:]))
+        # One ground-truth read per cache in the batch, not one per sample.
+        for cache in np.unique(picked[:, 0]):
+            rows = np.flatnonzero(picked[:, 0] == cache)
+            joints[rows] = readers[int(cache)].read_ground_truth(picked[rows, 1].tolist())["joints_3d"]
+        batch["joints_3d"] = torch.from_numpy(joints).float()
         return batch
 
 

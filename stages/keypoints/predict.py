@@ -42,7 +42,6 @@ def predict_cache(
     if model.config.feature_source == "diffusion" and len(wanted) != len(model.config.feature_layer_channels):
         raise TrainingError(f"{cache}: feature layers {wanted} do not match the model's")
     dataset = CacheTrainingSet([cache], num_views, model.config.render_size, bool(wanted))
-    all_views = CacheTrainingSet([cache], reader.layout.num_views, model.config.render_size, False)
     model = model.to(device).eval()
     points, pixels, depths = [], [], []
     with torch.no_grad():
@@ -52,9 +51,12 @@ def predict_cache(
             keypoints, _ = model.predict_keypoints(
                 model_inputs(model, batch), batch["intrinsics"], batch["world_to_camera"]
             )
-            cameras = all_views.__getitems__(rows)
+            # Every kept view's camera, not only the num_views the model read.
+            cameras = reader.read_batch(dataset.items[rows, 1].tolist(), ("intrinsics", "world_to_camera"))
             uv, depth = geometry.project_to_views(
-                keypoints, cameras["intrinsics"].to(device), cameras["world_to_camera"].to(device)
+                keypoints,
+                torch.from_numpy(cameras["intrinsics"]).float().to(device),
+                torch.from_numpy(cameras["world_to_camera"]).float().to(device),
             )
             points.append(keypoints.cpu().numpy())
             pixels.append(uv.cpu().numpy())
