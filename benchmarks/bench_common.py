@@ -6,9 +6,12 @@ script's module again, and a heavy import there would be timed as cluster start-
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,3 +69,27 @@ def json_default(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def write_report(
+    args: argparse.Namespace,
+    date: str,
+    machine: dict[str, Any],
+    started: float,
+    config: dict[str, Any],
+    body: dict[str, Any],
+) -> dict[str, Any]:
+    """Write args.out: date, runtime, machine, the config (the script's args first), then body."""
+    runtime = time.perf_counter() - started
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report = {
+        "date": date,
+        "runtime_s": runtime,
+        "machine": machine,
+        "config": {"args": arguments, **config},
+        **body,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=json_default))
+    print(f"\ntotal runtime {runtime:.0f} s; results in {args.out}")
+    return report

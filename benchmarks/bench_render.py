@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import tempfile
@@ -28,7 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench_common import json_default, print_notes, print_table, time_cluster_start, timed
+from bench_common import print_notes, print_table, time_cluster_start, timed, write_report
 
 from pipeline.backends import RenderBackendSpec
 from pipeline.generate import GenerateJob, run_generate
@@ -184,24 +183,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{args.bare_samples} samples for rows 1-2; seed 0, train split",
     ]
     print_notes(notes)
-    runtime = time.perf_counter() - started
-    report = {
-        "date": date,
-        "runtime_s": runtime,
-        "machine": machine,
-        "config": {
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "generation": config.to_dict(),
-        },
+    body = {
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "cluster_start_stop_s": cluster_s,
         "rows": rows,
         "notes": notes,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=json_default))
-    print(f"\ntotal runtime {runtime:.0f} s; results in {args.out}")
-    return report
+    return write_report(args, date, machine, started, {"generation": config.to_dict()}, body)
 
 
 if __name__ == "__main__":

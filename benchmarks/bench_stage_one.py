@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -33,7 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numcodecs  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_common import json_default, print_notes, print_table, time_cluster_start, timed  # noqa: E402
+from bench_common import print_notes, print_table, time_cluster_start, timed, write_report  # noqa: E402
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
@@ -789,25 +788,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["codecs"] = bench_codecs(work / "overhead0.zarr")
     results["gpu"] = bench_gpu(args)
 
-    runtime = time.perf_counter() - started
-    report = {
-        "date": date,
-        "runtime_s": runtime,
-        "machine": machine,
-        "config": {
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "generation": config.to_dict(),
-            "tiny_resolution": TINY_RESOLUTION,
-            "threads": THREADS,
-            "device": "cpu",
-            "example_images": sorted(p.name for p in EXAMPLE_IMAGES.iterdir()),
-        },
-        **results,
+    config_record = {
+        "generation": config.to_dict(),
+        "tiny_resolution": TINY_RESOLUTION,
+        "threads": THREADS,
+        "device": "cpu",
+        "example_images": sorted(p.name for p in EXAMPLE_IMAGES.iterdir()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=json_default))
-    print(f"\ntotal runtime {runtime:.0f} s; results in {args.out}")
-    return report
+    return write_report(args, date, machine, started, config_record, results)
 
 
 if __name__ == "__main__":
