@@ -20,12 +20,7 @@ def pipe():
     return build_tiny_sv3d(seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _views(size: int = 64) -> torch.Tensor:
