@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file, save_file
 
 from stages.keypoints.errors import TrainingError
@@ -69,10 +70,14 @@ def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> KeyDiff3
     return model.to(device)
 
 
-def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore the optimiser in place; return the JSON state (step, seed, ...)."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    tensors = load_file(str(Path(checkpoint) / "optimizer.safetensors"))
+def restore_checkpoint(
+    checkpoint: Path, model: KeyDiff3DModel, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Load a checkpoint's weights and optimiser state in place; return its JSON state (step, seed, ...)."""
+    checkpoint = Path(checkpoint)
+    model.load_state_dict(load_file(str(checkpoint / "model" / SAFETENSORS_WEIGHTS_NAME)))
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
     optimizer.load_state_dict(_join_optimizer_state(tensors, state.pop("optimizer")))
     return state
 

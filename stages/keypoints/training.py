@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from stages.devices import resolve_device
-from stages.keypoints.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from stages.keypoints.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import CacheTrainingSet, StepBatchSampler, keep_batch, summarise_caches
 from stages.keypoints.errors import TrainingError
@@ -223,10 +223,7 @@ def _prepare_run_dir(
     if checkpoint is None:
         (run_dir / METRICS).write_text("")
         return 0
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(checkpoint / "model" / "diffusion_pytorch_model.safetensors")))
-    state = load_trainer_state(checkpoint, optimizer)
+    state = restore_checkpoint(checkpoint, model, optimizer)
     _truncate_metrics(run_dir / METRICS, state["step"])
     return int(state["step"])
 
