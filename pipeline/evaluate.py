@@ -11,7 +11,13 @@ import numpy as np
 
 from cache_schema import CacheError, CacheReader
 from pipeline.eval_report import TABLE_2D_HEADER, TABLE_HEADER, table_row, write_joint_errors, write_skeletons
-from stages.evaluation.evaluate import EvalConfig, mean_pose_baseline, regress_and_score, regress_and_score_2d
+from stages.evaluation.evaluate import (
+    EvalConfig,
+    mean_pose_baseline,
+    procrustes_mean_baseline,
+    regress_and_score,
+    regress_and_score_2d,
+)
 from stages.keypoints.checkpoint import latest_checkpoint, load_model
 from stages.keypoints.predict import predict_cache
 
@@ -122,11 +128,16 @@ def run_eval(
         results = regress_and_score(
             train["keypoints_3d"], train_truth["joints"], test["keypoints_3d"], test_truth["joints"], config
         )
-        baseline = mean_pose_baseline(train_truth["joints"], test_truth["joints"], config.root_joint)
+        known, unseen = train_truth["joints"], test_truth["joints"]
+        baselines = {
+            "mean pose (baseline)": mean_pose_baseline(known, unseen, config.root_joint),
+            "Procrustes mean shape (baseline)": procrustes_mean_baseline(known, unseen, config.root_joint),
+        }
         rows = [r.summary() for r in results]
-        record["results"], record["baselines"] = rows, [baseline.summary()]
+        record["results"] = rows
+        record["baselines"] = [{"method": name, **b.summary()} for name, b in baselines.items()]
         table = TABLE_HEADER + "".join(table_row("KeyDiff3D (ours)", views, keypoints, row) for row in rows)
-        table += table_row("mean pose (baseline)", "-", "-", baseline.summary())
+        table += "".join(table_row(name, "-", "-", b.summary()) for name, b in baselines.items())
         best = min(results, key=lambda r: r.mpjpe.overall_mm)
         title = f"test samples, {best.regression} regression"
         write_skeletons(out / "skeletons.png", best.predictions, test_truth["joints"], title)

@@ -54,7 +54,11 @@ def test_eval_writes_the_table_json_and_pictures(split_caches, tmp_path):
     assert ours["regression"] == "linear" and len(ours["per_joint_mpjpe_mm"]) == len(record["joint_names"])
     assert all(np.isfinite(ours[k]) for k in ("mpjpe_mm", "n_mpjpe_mm", "p_mpjpe_mm"))
     table = (out / "table.md").read_text()
-    assert "| KeyDiff3D (ours) | 4 | 6 | linear |" in table and "mean pose" in table
+    assert "| KeyDiff3D (ours) | 4 | 6 | linear |" in table and "| mean pose (baseline) |" in table
+    assert "| Procrustes mean shape (baseline) |" in table
+    assert [b["method"] for b in record["baselines"]] == [
+        "mean pose (baseline)", "Procrustes mean shape (baseline)"
+    ]  # fmt: skip
     assert (out / "skeletons.png").stat().st_size > 1000 and (out / "joint_errors.png").is_file()
 
 
