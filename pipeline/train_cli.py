@@ -10,13 +10,11 @@ import typer
 from tqdm.auto import tqdm
 
 from cache_schema import CacheError, CacheReader
-from pipeline.train_report import write_loss_curve, write_preview
+from pipeline.train_report import preview_writer, write_loss_curve
 from stages.devices import resolve_device
 from stages.errors import StageError
 from stages.keypoints.checkpoint import latest_checkpoint, load_model
 from stages.keypoints.config import preset
-from stages.keypoints.losses import StepOutputs
-from stages.keypoints.model import KeyDiff3DModel
 from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import METRICS, FitJob, fit
 
@@ -37,23 +35,6 @@ def _feature_source(choice: str, caches: list[Path]) -> str:
         return choice
     has_features = bool(CacheReader(caches[0]).layout.feature_layers)
     return "diffusion" if has_features else "pixels"
-
-
-def _preview_writer(run_dir: Path):  # noqa: ANN202
-    def on_checkpoint(
-        step: int, directory: Path, batch: dict, outputs: StepOutputs, model: KeyDiff3DModel
-    ) -> None:
-        write_preview(
-            run_dir / "previews" / f"step_{step:08d}.png",
-            batch["views"].float().cpu().numpy(),
-            outputs.reconstruction.detach().float().cpu().numpy(),
-            outputs.uv.detach().float().cpu().numpy(),
-            outputs.keypoints.detach().float().cpu().numpy(),
-            model.edge_weights().detach().float().cpu().numpy(),
-            f"step {step}",
-        )
-
-    return on_checkpoint
 
 
 @app.command("fit")
@@ -120,7 +101,7 @@ def fit_command(
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
             bar.refresh()
 
-        summary = fit(job, on_step, _preview_writer(out))
+        summary = fit(job, on_step, preview_writer(out))
         bar.close()
     except (StageError, CacheError, ValueError) as exc:
         _fail(str(exc))

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from stages.keypoints.losses import StepOutputs  # noqa: E402
+from stages.keypoints.model import KeyDiff3DModel  # noqa: E402
 from stages.keypoints.skeleton import maximum_spanning_tree  # noqa: E402
 
 COLOURS = plt.get_cmap("tab20")
@@ -19,6 +21,44 @@ COLOURS = plt.get_cmap("tab20")
 def _image(tensor: np.ndarray) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (H, W, 3)."""
     return np.clip(np.transpose(tensor, (1, 2, 0)), 0.0, 1.0)
+
+
+def draw_keypoints(
+    ax: object, image: np.ndarray, uv: np.ndarray, edges: list[tuple[int, int]], title: str
+) -> None:
+    """Keypoints (N, 2) in pixels and the skeleton's edges over an (H, W, 3) image."""
+    height, width = image.shape[:2]
+    ax.imshow(image, extent=(0, width, height, 0))  # type: ignore[attr-defined]
+    for i, j in edges:
+        ax.plot(uv[[i, j], 0], uv[[i, j], 1], "-", color="white", lw=1.5)  # type: ignore[attr-defined]
+        ax.plot(uv[[i, j], 0], uv[[i, j], 1], "-", color="black", lw=0.6)  # type: ignore[attr-defined]
+    colours = [COLOURS(n % 20) for n in range(len(uv))]
+    ax.scatter(uv[:, 0], uv[:, 1], s=12, c=colours)  # type: ignore[attr-defined]
+    ax.set_xlim(0, width)  # type: ignore[attr-defined]
+    ax.set_ylim(height, 0)  # type: ignore[attr-defined]
+    ax.set_axis_off()  # type: ignore[attr-defined]
+    ax.set_title(title, fontsize=8)  # type: ignore[attr-defined]
+
+
+def write_keypoint_views(
+    out: Path, views: np.ndarray, uv: np.ndarray, edge_weights: np.ndarray, titles: list[str]
+) -> Path:
+    """One row per sample, its views with the predicted keypoints and the learned skeleton.
+
+    views: (S, V, 3, H, W) uint8; uv: (S, V, N, 2) pixels; edge_weights: (N, N); titles: S labels.
+    """
+    edges = maximum_spanning_tree(edge_weights)
+    rows, num_views = views.shape[:2]
+    fig = plt.figure(figsize=(2.4 * num_views, 2.5 * rows))
+    for s in range(rows):
+        for v in range(num_views):
+            ax = fig.add_subplot(rows, num_views, s * num_views + v + 1)
+            draw_keypoints(ax, _image(views[s, v] / 255.0), uv[s, v], edges, f"{titles[s]}, view {v}")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
 
 
 def write_preview(
@@ -43,15 +83,7 @@ def write_preview(
     for b in range(rows):
         for v in range(num_views):
             ax = fig.add_subplot(rows, 2 * num_views + 1, b * (2 * num_views + 1) + v + 1)
-            ax.imshow(_image(views[b, v]), extent=(0, views.shape[-1], views.shape[-2], 0))
-            for i, j in edges:
-                ax.plot(uv[b, v, [i, j], 0], uv[b, v, [i, j], 1], "-", color="white", lw=1.5)
-                ax.plot(uv[b, v, [i, j], 0], uv[b, v, [i, j], 1], "-", color="black", lw=0.6)
-            ax.scatter(uv[b, v, :, 0], uv[b, v, :, 1], s=12, c=[COLOURS(n % 20) for n in range(uv.shape[2])])
-            ax.set_xlim(0, views.shape[-1])
-            ax.set_ylim(views.shape[-2], 0)
-            ax.set_axis_off()
-            ax.set_title(f"view {v}", fontsize=8)
+            draw_keypoints(ax, _image(views[b, v]), uv[b, v], edges, f"view {v}")
             ax = fig.add_subplot(rows, 2 * num_views + 1, b * (2 * num_views + 1) + num_views + v + 1)
             ax.imshow(_image(reconstruction[b, v]))
             ax.set_axis_off()
@@ -72,6 +104,25 @@ def write_preview(
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def preview_writer(run_dir: Path):  # noqa: ANN201
+    """A `fit` on_checkpoint callback writing RUN_DIR/previews/step_XXXXXXXX.png."""
+
+    def on_checkpoint(
+        step: int, directory: Path, batch: dict, outputs: StepOutputs, model: KeyDiff3DModel
+    ) -> None:
+        write_preview(
+            run_dir / "previews" / f"step_{step:08d}.png",
+            batch["views"].float().cpu().numpy(),
+            outputs.reconstruction.detach().float().cpu().numpy(),
+            outputs.uv.detach().float().cpu().numpy(),
+            outputs.keypoints.detach().float().cpu().numpy(),
+            model.edge_weights().detach().float().cpu().numpy(),
+            f"step {step}",
+        )
+
+    return on_checkpoint
 
 
 def _equal_limits(ax: object, points: np.ndarray) -> None:

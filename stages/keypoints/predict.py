@@ -23,8 +23,9 @@ def predict_cache(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    limit: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Predict every done sample of `cache`.
+    """Predict every done sample of `cache` (or the first `limit` of them).
 
     Returns sample_id (n,), index (n,), keypoints_3d (n, N, 3) in the cache's world frame,
     keypoints_2d (n, V, N, 2) in the cache's view pixels (all kept views, not only the
@@ -42,11 +43,12 @@ def predict_cache(
     if model.config.feature_source == "diffusion" and len(wanted) != len(model.config.feature_layer_channels):
         raise TrainingError(f"{cache}: feature layers {wanted} do not match the model's")
     dataset = CacheTrainingSet([cache], num_views, model.config.render_size, bool(wanted))
+    count = len(dataset) if limit is None else min(limit, len(dataset))
     model = model.to(device).eval()
     points, pixels, depths = [], [], []
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            rows = list(range(start, min(start + batch_size, len(dataset))))
+        for start in range(0, count, batch_size):
+            rows = list(range(start, min(start + batch_size, count)))
             batch = {k: v.to(device) for k, v in dataset.__getitems__(rows).items()}
             keypoints, _ = model.predict_keypoints(
                 model_inputs(model, batch), batch["intrinsics"], batch["world_to_camera"]
@@ -63,7 +65,7 @@ def predict_cache(
             depths.append(depth.cpu().numpy())
             if progress is not None:
                 progress(len(rows))
-    indices = dataset.items[:, 1]
+    indices = dataset.items[:count, 1]
     return {
         "sample_id": reader.sample_ids()[indices],
         "index": indices,
