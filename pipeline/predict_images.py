@@ -1,0 +1,144 @@
+"""`keydiff3d predict`: image files in, 3D keypoints and 2D keypoints on the original images out.
+
+Stage one runs on the images with the SV3D-p model (same generation settings as the run's
+training cache when that cache is an SV3D cache), then the run's keypoint model predicts.
+The 2D keypoints are the 3D ones projected into view 0, which is the input image itself
+(`replace_input_frame`), mapped back through the preprocessing crop to source pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cache_schema import CacheError, CacheReader, CacheStore  # noqa: E402
+from cache_schema.layout import STATUS_FAILED  # noqa: E402
+from pipeline.generate import GenerateJob, run_generate  # noqa: E402
+from pipeline.train_report import draw_keypoints  # noqa: E402
+from stages.config import GenerationConfig  # noqa: E402
+from stages.images import prepared_to_source, read_rgba  # noqa: E402
+from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
+from stages.keypoints.predict import predict_cache  # noqa: E402
+from stages.keypoints.skeleton import maximum_spanning_tree  # noqa: E402
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """One `keydiff3d predict` call."""
+
+    images: tuple[Path, ...]
+    """Image files (any format stage one reads)."""
+    model: Path
+    """Local SV3D-p model directory (the one the run's caches were made with)."""
+    run_dir: Path
+    """Training run directory (its latest checkpoint is used)."""
+    out: Path
+    """Folder for keypoints.json and one overlay PNG per image."""
+    cache: Path | None = None
+    """Keep stage one's output in this store (resumable); default: a temporary one."""
+    device: str = "cpu"
+    progress: bool = True
+
+
+def generation_config_of(run_dir: Path) -> GenerationConfig:
+    """The stage-one settings of the run's first training cache if it came from SV3D-p.
+
+    Caches of the synthetic world (render backend) have no SV3D settings to copy; the
+    defaults are used and the model's image size check reports any mismatch.
+    """
+    record = json.loads((run_dir / "config.json").read_text())
+    for cache in record.get("data", {}).get("caches", [])[:1]:
+        try:
+            metadata = CacheStore.open(cache).metadata
+        except (CacheError, OSError):
+            break
+        if metadata.source.get("backend") == "sv3d":
+            return GenerationConfig.from_dict(metadata.generation)
+    return GenerationConfig()
+
+
+def predict_images(job: PredictJob) -> dict[str, Any]:
+    """Run both stages on the images; write keypoints.json and overlays; return the record."""
+    missing = [str(p) for p in job.images if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    checkpoint = latest_checkpoint(job.run_dir)
+    if checkpoint is None:
+        raise ValueError(f"{job.run_dir}: no checkpoint (train with `keydiff3d-train fit` first)")
+    num_views = json.loads((job.run_dir / "config.json").read_text())["stage_two"]["num_views"]
+    config = generation_config_of(job.run_dir)
+    job.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="keydiff3d-predict-") as scratch:
+        listing = Path(scratch) / "images.txt"
+        # Absolute paths as the list entries make each sample id the image's own path.
+        listing.write_text("".join(f"{Path(p).resolve()}\n" for p in job.images))
+        cache = job.cache or Path(scratch) / "stage_one.zarr"
+        run_generate(GenerateJob(listing, job.model, cache, config, device=job.device, progress=job.progress))
+        model = load_model(checkpoint)
+        record = _predict(model, cache, num_views, job)
+    record["checkpoint"] = str(checkpoint)
+    record["stage_one_cache"] = str(job.cache) if job.cache else None
+    (job.out / "keypoints.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _predict(model: Any, cache: Path, num_views: int, job: PredictJob) -> dict[str, Any]:
+    store = CacheStore.open(cache)
+    rows = zip(store.sample_ids(), store.statuses(), store.failure_reasons(), strict=True)
+    failed = [{"image": str(i), "reason": str(why)} for i, status, why in rows if status == STATUS_FAILED]
+    reader = CacheReader(cache)
+    predictions = []
+    weights = model.edge_weights().detach().cpu().numpy()
+    edges = maximum_spanning_tree(weights)
+    if len(reader.done_indices()):
+        result = predict_cache(model, cache, num_views, device=job.device)
+        boxes = reader.read_batch(result["index"].tolist(), ("crop_box",))["crop_box"]
+        size = reader.layout.image_size
+        for i, image in enumerate(result["sample_id"]):
+            source_uv = prepared_to_source(result["keypoints_2d"][i, 0], boxes[i], size)
+            overlay = job.out / f"{Path(str(image)).stem}_keypoints.png"
+            write_overlay(overlay, Path(str(image)), source_uv, edges)
+            predictions.append(
+                {
+                    "image": str(image),
+                    "keypoints_3d": result["keypoints_3d"][i].tolist(),
+                    "keypoints_2d": source_uv.tolist(),
+                    "depth": result["depth"][i, 0].tolist(),
+                    "overlay": str(overlay),
+                }
+            )
+    return {
+        "frames": {
+            "keypoints_3d": "the stage-one world frame (the model frame): object at the origin, +z up, "
+            "cameras on the SV3D-p orbit looking at the origin, the input camera at azimuth 0",
+            "keypoints_2d": "pixels of the ORIGINAL image, x right, y down, corner at 0",
+            "depth": "camera z of the input view (OpenCV camera: +z forward)",
+        },
+        "skeleton": [list(e) for e in edges],
+        "edge_weights": weights.tolist(),
+        "predictions": predictions,
+        "failed": failed,
+    }
+
+
+def write_overlay(out: Path, image: Path, uv: np.ndarray, edges: Sequence[tuple[int, int]]) -> Path:
+    """The keypoints (N, 2) and skeleton drawn over the original image file."""
+    rgba, _ = read_rgba(image, max_pixels=100_000_000)
+    height, width = rgba.shape[:2]
+    scale = 6.0 / max(height, width)
+    fig, ax = plt.subplots(figsize=(max(2.0, width * scale), max(2.0, height * scale)))
+    draw_keypoints(ax, rgba[..., :3], uv, list(edges), image.name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,75 @@
+"""`keydiff3d demo`: the whole product on the synthetic world, shrunk to seconds."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pybullet")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from pipeline.demo import DemoConfig, run_demo  # noqa: E402
+from pipeline.main_cli import app  # noqa: E402
+
+TINY_MODEL = {
+    "num_keypoints": 6,
+    "volume_size": 8,
+    "volume_channels": (8, 16),
+    "feature_channels": 16,
+    "feature_size": 16,
+    "keypoint_channels": 8,
+    "render_size": 32,
+    "decoder_channels": 8,
+    "batch_size": 2,
+    "checkpoint_every": 10,
+}
+
+
+def test_budgeted_demo_plans_its_steps_writes_the_report_and_resumes_to_the_same_plan(
+    tmp_path, one_torch_thread
+):
+    config = DemoConfig(
+        tmp_path / "demo", minutes=0.3, train_samples=8, test_samples=6, resolution=32, stage_two=TINY_MODEL
+    )
+    result = run_demo(config, render_progress=False)
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    plan = json.loads((tmp_path / "demo" / "run" / "demo_plan.json").read_text())
+    # The calibration run always happens; the plan then adds what the budget allows.
+    assert summary["steps"] == plan["steps"] >= 20 and plan["seconds_per_step"] > 0
+    assert (summary["train_samples"], summary["test_samples"]) == (8, 6)
+    assert set(summary["minutes"]) == {"render", "train", "evaluate", "total"}
+
+    report = result.report.read_text()
+    assert "| KeyDiff3D (ours) | 4 | 6 | linear |" in report and "| mean pose (baseline) |" in report
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(pictures) == 4
+    for picture in pictures:
+        assert (tmp_path / "demo" / picture).stat().st_size > 2000, picture
+
+    # Rerunning after a stop resumes to the planned total: no new steps, same checkpoint.
+    lines = (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()
+    again = run_demo(config, render_progress=False)
+    assert again.summary["steps"] == plan["steps"]
+    assert (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines() == lines
+    assert again.summary["results"] == summary["results"]
+
+
+def test_demo_command_with_the_cpu_preset_prints_a_summary(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--train-samples", "8", "--test-samples", "6", "--steps", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "demo done in" in result.output and "P-MPJPE" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["stage_two"]["num_keypoints"] == 18
+    assert all(np.isfinite(r["p_mpjpe_mm"]) for r in summary["results"])
+    assert str(out / "report.md") in result.output
+
+
+def test_demo_rejects_a_bad_budget_naming_the_option(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--minutes", "0"])
+    assert result.exit_code == 2 and "--minutes must be positive" in result.output
