@@ -46,6 +46,14 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def demo(session: nox.Session) -> None:
+    """`keydiff3d demo --out demo`: render, train, evaluate, demo/report.md (15 minutes on 2 cores).
+    Arguments go to the demo (e.g. --minutes 5)."""
+    install(session)
+    session.run("keydiff3d", "demo", "--out", "demo", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Speed benchmarks: tables, and JSON in bench-results/ (stage_one.json, render.json,
     stage_two.json). Arguments go to bench_stage_one.py."""

@@ -183,7 +183,7 @@ def _train(
 
         job = FitJob(
             caches, run_dir, dataclasses.replace(stage_two, steps=steps), config.device,
-            latest_checkpoint(run_dir) is not None,
+            (run_dir / "config.json").is_file(),
         )  # fmt: skip
         return fit(job, on_step, preview_writer(run_dir))
 
