@@ -16,8 +16,8 @@ from cache_schema import CacheError, CacheReader
 from pipeline.manipulate_report import labelled, overlay_sheet, render_row, save_png, skinning_colours
 from stages.devices import resolve_device
 from stages.errors import StageError
+from stages.manipulation.check import draw_frame_pairs, ground_truth_keypoints, score_pair
 from stages.manipulation.errors import ManipulationError
-from stages.manipulation.frame_pairs import clip_moments, same_clip_pairs
 from stages.manipulation.gaussians import Gaussians
 from stages.manipulation.keypoints import learned_adjacency, load_keypoint_run, predict_sample_keypoints
 from stages.manipulation.kinematics import forward_kinematics, pose_gaussians
@@ -25,9 +25,9 @@ from stages.manipulation.ply import read_gaussians_ply, write_gaussians_ply
 from stages.manipulation.pose_file import load_pose, solve_pose
 from stages.manipulation.reconstruct import CarvingConfig, reconstruct_visual_hull
 from stages.manipulation.render import preview_cameras, save_gif
-from stages.manipulation.rig import Rig, RigConfig, build_rig, length_stability_adjacency, skinning_weights
+from stages.manipulation.rig import Rig, RigConfig, build_rig, skinning_weights
 from stages.manipulation.sample import read_object_views, sample_index
-from stages.manipulation.transfer import splat_masks, transfer_pose
+from stages.manipulation.transfer import splat_masks
 
 app = typer.Typer(
     help="Pose the generated 3D object with its discovered keypoints: reconstruct, rig, pose, check.",
@@ -236,25 +236,10 @@ def check_command(
         if sample_a is not None and sample_b is not None:
             chosen = [(sample_index(reader, sample_a), sample_index(reader, sample_b))]
         else:
-            done = reader.done_indices()
-            world = reader.store.metadata.source.get("world") or {}
-            moments = clip_moments(world, list(reader.sample_ids()[done]))
-            chosen = [
-                (int(done[a]), int(done[b]))
-                for a, b in same_clip_pairs(moments, pairs, min_gap, max_gap, seed)
-            ]
-            if not chosen:
-                raise ManipulationError(f"{cache}: no two samples of one clip {min_gap}..{max_gap} s apart")
+            chosen = draw_frame_pairs(reader, pairs, min_gap, max_gap, seed)
         run = load_keypoint_run(run_dir, resolve_device(device))
         adjacency = learned_adjacency(run)
-        spec = reader.layout.ground_truth
-        use_truth = ground_truth and spec is not None and spec.has_3d
-        if use_truth and spec is not None:
-            # Ground-truth joints have no learned adjacency; rigid links keep their length.
-            all_truth = np.zeros((reader.layout.num_samples, spec.num_joints, 3))
-            done = reader.done_indices()
-            all_truth[done] = reader.read_ground_truth(done.tolist())["joints_3d"]
-            truth_adjacency = length_stability_adjacency(all_truth[done])
+        truth = ground_truth_keypoints(reader) if ground_truth else None
         records = []
         for a, b in tqdm(chosen, desc="pairs", unit="pair"):
             first, second = read_object_views(cache, a), read_object_views(cache, b)
@@ -266,23 +251,11 @@ def check_command(
                     adjacency,
                 )
             }
-            if use_truth:
-                truth = all_truth[[a, b]]
-                sources["ground_truth"] = (truth[0], truth[1], truth_adjacency)
+            if truth is not None:
+                sources["ground_truth"] = (truth[0][a], truth[0][b], truth[1])
             record: dict = {"sample_a": first.sample_id, "sample_b": second.sample_id, "index": [a, b]}
             for name, (joints_a, joints_b, weights) in sources.items():
-                rig = build_rig(joints_a, weights)
-                result = transfer_pose(
-                    gaussians, rig, joints_b, second.masks, second.intrinsics, second.world_to_camera
-                )
-                record[name] = {
-                    "iou_undeformed": float(result.undeformed.mean()),
-                    "iou_rigid": float(result.rigid.mean()),
-                    "iou_deformed": float(result.deformed.mean()),
-                    "keypoint_residual": float(
-                        np.linalg.norm(result.transforms.joints - joints_b, axis=1).mean()
-                    ),
-                }
+                record[name], result = score_pair(gaussians, joints_a, joints_b, weights, second)
                 ious = {"undeformed": result.undeformed, "rigid": result.rigid, "deformed": result.deformed}
                 save_png(overlay_sheet(result.masks, ious, second.masks), out / f"pair_{a}_{b}_{name}.png")
             records.append(record)
