@@ -1,5 +1,5 @@
-"""`keydiff3d`: the main jobs (demo, predict); stages have their own tools (`keydiff3d-cache`,
-`keydiff3d-train`)."""
+"""`keydiff3d`: the main jobs (demo, predict, manipulate); the stages have their own tools
+(`keydiff3d-cache`, `keydiff3d-train`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from tqdm.auto import tqdm
 
 from cache_schema import CacheError
+from pipeline.manipulate_cli import app as manipulate_app
 from stages.devices import resolve_device
 from stages.errors import StageError
 
@@ -17,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(manipulate_app, name="manipulate")
 
 
 def _fail(message: str) -> None:
