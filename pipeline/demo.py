@@ -153,6 +153,7 @@ def run_demo(
             "eval": str(eval_dir),
             "loss_curve": str(curve),
             "keypoints_on_views": str(views),
+            "training_preview": str(run_dir / "previews" / f"step_{total_steps:08d}.png"),
         },
     }
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
@@ -250,6 +251,12 @@ Keypoints projected into each view, joined by the skeleton learned from the adja
 (its maximum spanning tree).
 
 ![keypoints on views]({files["keypoints_on_views"]})
+
+## The last training batch
+
+Each view with its keypoints and skeleton, the view rebuilt from them, and the 3D keypoints.
+
+![training preview]({files["training_preview"]})
 
 ## 3D skeletons (regressed joints in red, ground truth in black)
 

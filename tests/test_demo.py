@@ -46,7 +46,7 @@ def test_budgeted_demo_plans_its_steps_writes_the_report_and_resumes_to_the_same
     report = result.report.read_text()
     assert "| KeyDiff3D (ours) | 4 | 6 | linear |" in report and "| mean pose (baseline) |" in report
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(pictures) == 4
+    assert len(pictures) == 5
     for picture in pictures:
         assert (tmp_path / "demo" / picture).stat().st_size > 2000, picture
 
