@@ -18,6 +18,10 @@ from stages.manipulation.render import draw_skeleton, render_views, to_uint8
 
 PREVIEW_FOOTPRINT = 1.6
 """Preview discs are this many sigmas wide, so a surface sampled at one voxel has no holes."""
+MIN_PREVIEW_OPACITY = 0.2
+"""Gaussians fainter than this are left out of previews."""
+MAX_PREVIEW_POINTS = 300_000
+"""Previews of larger files draw a fixed random sample of this many Gaussians."""
 
 
 def render_row(
@@ -29,10 +33,15 @@ def render_row(
     size: int,
 ) -> np.ndarray:
     """Views (V, 3, 3), (V, 4, 4) side by side (size, V * size, 3) uint8, skeleton drawn over."""
+    # Discs are opaque: faint Gaussians (3DGS floaters) would otherwise cover the object, and a
+    # scene-sized file is thinned to a fixed sample so the preview stays fast.
+    keep = np.flatnonzero(gaussians.opacities >= MIN_PREVIEW_OPACITY)
+    if len(keep) > MAX_PREVIEW_POINTS:
+        keep = np.sort(np.random.default_rng(0).choice(keep, MAX_PREVIEW_POINTS, replace=False))
     splats = render_views(
-        gaussians.means,
-        gaussians.colours,
-        PREVIEW_FOOTPRINT * gaussians.scales.max(axis=1),
+        gaussians.means[keep],
+        gaussians.colours[keep],
+        PREVIEW_FOOTPRINT * gaussians.scales[keep].max(axis=1),
         intrinsics,
         world_to_camera,
         size,
