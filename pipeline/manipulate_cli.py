@@ -24,7 +24,7 @@ from stages.manipulation.kinematics import forward_kinematics, pose_gaussians
 from stages.manipulation.ply import read_gaussians_ply, write_gaussians_ply
 from stages.manipulation.pose_file import load_pose, solve_pose
 from stages.manipulation.reconstruct import CarvingConfig, reconstruct_visual_hull
-from stages.manipulation.render import preview_cameras, save_gif
+from stages.manipulation.render import preview_cameras, save_gif, silhouette_iou
 from stages.manipulation.rig import Rig, RigConfig, build_rig, skinning_weights
 from stages.manipulation.sample import read_object_views, sample_index
 from stages.manipulation.transfer import splat_masks
@@ -63,7 +63,7 @@ def reconstruct_command(
     except (StageError, CacheError, ValueError) as exc:
         _fail(str(exc))
         return
-    iou = np.sum(masks & views.masks, axis=(1, 2)) / np.maximum(np.sum(masks | views.masks, axis=(1, 2)), 1)
+    iou = silhouette_iou(masks, views.masks)
     write_gaussians_ply(out, result.gaussians)
     typer.echo(
         f"silhouette IoU in the sample's {len(iou)} views: mean {iou.mean():.3f} "
