@@ -56,7 +56,7 @@ def render_row(
 
 
 def skinning_colours(weights: np.ndarray) -> np.ndarray:
-    """Colours (P, 3) in [0, 1] of points by their skinning weights (P, B): a blend of one
+    """Colours (P, 3) in [0, 1] of points by their skinning weights (P, N-1): a blend of one
     tab20 colour per bone, so that smooth weights show as smooth gradients."""
     palette = np.array([plt.get_cmap("tab20")(b % 20)[:3] for b in range(weights.shape[1])])
     return weights @ palette

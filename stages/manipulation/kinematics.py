@@ -31,7 +31,7 @@ class SkeletonPose:
     """Joint rotations of a rig; identity everywhere is the rest pose."""
 
     local_rotations: np.ndarray
-    """(B, 3, 3) per bone, about its parent joint (see the module docstring)."""
+    """(N-1, 3, 3) per bone, about its parent joint (see the module docstring)."""
     root_rotation: np.ndarray
     """(3, 3) of the whole object about the root keypoint."""
     root_translation: np.ndarray
@@ -47,9 +47,9 @@ class BoneTransforms:
     """World transforms of every bone and the posed keypoints they give."""
 
     rotations: np.ndarray
-    """(B, 3, 3)."""
+    """(N-1, 3, 3)."""
     translations: np.ndarray
-    """(B, 3): a point x bound to bone b goes to rotations[b] @ x + translations[b]."""
+    """(N-1, 3): a point x bound to bone b goes to rotations[b] @ x + translations[b]."""
     joints: np.ndarray
     """(N, 3) posed keypoints."""
 
@@ -181,7 +181,7 @@ def _targets_below(rig: Rig, targeted: set[int], chain_length: int | None) -> li
 def linear_blend_skinning(
     points: np.ndarray, weights: np.ndarray, rotations: np.ndarray, translations: np.ndarray
 ) -> np.ndarray:
-    """Points (P, 3) moved by the weights (P, B) blend of bone transforms (B, 3, 3), (B, 3)."""
+    """Points (P, 3) moved by the weights (P, N-1) blend of bone transforms (N-1, 3, 3), (N-1, 3)."""
     points = check_shape("points", points, (None, 3))
     weights = check_shape("weights", weights, (len(points), None))
     b = weights.shape[1]
@@ -192,8 +192,8 @@ def linear_blend_skinning(
 
 
 def blend_rotations(weights: np.ndarray, rotations: np.ndarray) -> np.ndarray:
-    """Per-point rotations (P, 4) (w, x, y, z): the normalised weights (P, B) blend of the bones'
-    quaternions (B, 3, 3), signs aligned to the point's heaviest bone (q and -q are one rotation)."""
+    """Per-point rotations (P, 4) (w, x, y, z): the normalised weights (P, N-1) blend of the bones'
+    quaternions (N-1, 3, 3), signs aligned to the point's heaviest bone (q and -q are one rotation)."""
     weights = check_shape("weights", weights, (None, None))
     rotations = check_shape("rotations", rotations, (weights.shape[1], 3, 3))
     quaternions = matrix_to_quaternion(rotations)

@@ -89,7 +89,7 @@ class Rig:
         return [bone_name(parent, child) for parent, child in self.bones]
 
     def parent_bone(self) -> np.ndarray:
-        """(B,) index of the bone ending at each bone's parent joint, -1 for bones at the root."""
+        """(N-1,) index of the bone ending at each bone's parent joint, -1 for bones at the root."""
         ending = {child: b for b, (_, child) in enumerate(self.bones)}
         return np.array([ending.get(parent, -1) for parent, _ in self.bones], dtype=np.int64)
 
@@ -229,7 +229,7 @@ def build_rig(
 
 
 def point_segment_distances(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Distances (P, B) from points (P, 3) to the segments starts (B, 3) -> ends (B, 3)."""
+    """Distances (P, N-1) from points (P, 3) to the segments starts (N-1, 3) -> ends (N-1, 3)."""
     points = check_shape("points", points, (None, 3))
     starts = check_shape("starts", starts, (None, 3))
     ends = check_shape("ends", ends, (len(starts), 3))
@@ -241,7 +241,7 @@ def point_segment_distances(points: np.ndarray, starts: np.ndarray, ends: np.nda
 
 
 def skinning_weights(points: np.ndarray, rig: Rig) -> np.ndarray:
-    """Weights (P, B) of points (P, 3) on the rig's bones: rows sum to 1."""
+    """Weights (P, N-1) of points (P, 3) on the rig's bones: rows sum to 1."""
     parents = np.array([p for p, _ in rig.bones])
     children = np.array([c for _, c in rig.bones])
     distances = point_segment_distances(points, rig.joints[parents], rig.joints[children])
