@@ -13,6 +13,7 @@ pytest.importorskip("pybullet")
 
 from typer.testing import CliRunner  # noqa: E402
 
+from cache_schema import CacheReader  # noqa: E402
 from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.manipulate_cli import app  # noqa: E402
 from stages.cameras import project_points  # noqa: E402
@@ -20,10 +21,12 @@ from stages.config import GenerationConfig  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.manipulation.errors import SampleNotReadyError  # noqa: E402
+from stages.manipulation.frame_pairs import ClipMoment, clip_moments, same_clip_pairs  # noqa: E402
 from stages.manipulation.ply import read_gaussians_ply  # noqa: E402
 from stages.manipulation.reconstruct import reconstruct_visual_hull  # noqa: E402
 from stages.manipulation.render import render_views, silhouette_iou  # noqa: E402
 from stages.manipulation.sample import read_object_views  # noqa: E402
+from stages.synthetic import world as world_module  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "poses"
@@ -165,3 +168,28 @@ def test_bad_inputs_give_a_message_and_no_traceback(tiny, tmp_path):
     assert result.exit_code == 2 and "missing 3D Gaussian properties" in result.output
     result = invoke("rig", tmp_path / "no_run", tiny["cache"], "--sample", 0, "--out", rig)
     assert result.exit_code == 2 and "no_run" in result.output
+
+
+def test_clip_moments_repeat_the_synthetic_worlds_draws(tiny, monkeypatch):
+
+    reader = CacheReader(tiny["cache"])
+    ids = [str(i) for i in reader.sample_ids()]
+    moments = clip_moments(reader.store.metadata.source["world"], ids)
+    seen = []
+    real_pose_at = world_module.pose_at
+
+    def recording_pose_at(clip, t):  # noqa: ANN001, ANN202
+        seen.append((clip.name, t))
+        return real_pose_at(clip, t)
+
+    monkeypatch.setattr(world_module, "pose_at", recording_pose_at)
+    renderer = world_module.SyntheticRenderer(
+        SyntheticWorldConfig("humanoid", "test", num_samples=4, seed=0), GenerationConfig(resolution=8)
+    )
+    for sample_id in ids[:2]:
+        renderer.make_sample(sample_id, renderer.intrinsics, renderer.world_to_camera)
+    assert [(m.clip, m.seconds) for m in moments[:2]] == seen
+
+    fake = [ClipMoment("a", 0.0), ClipMoment("a", 0.5), ClipMoment("b", 0.6), ClipMoment("a", 3.0)]
+    pairs = same_clip_pairs(fake, count=5, min_gap=0.3, max_gap=1.0)
+    assert sorted(pairs) == [(0, 1), (1, 0)]
