@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from stages.manipulation.gaussians import Gaussians
-from stages.manipulation.kinematics import BoneTransforms, forward_kinematics, pose_gaussians
+from stages.manipulation.kinematics import (
+    BoneTransforms,
+    SkeletonPose,
+    fit_root,
+    forward_kinematics,
+    pose_gaussians,
+)
 from stages.manipulation.pose_file import PoseRequest, solve_pose
 from stages.manipulation.render import render_views, silhouette_iou
 from stages.manipulation.rig import Rig, skinning_weights
@@ -68,7 +74,8 @@ def transfer_pose(
         ik_iterations=ik_iterations,
     )
     full = solve_pose(rig, request)
-    rigid = solve_pose(rig, PoseRequest(targets=request.targets, fit_root_to_targets=True, ik_iterations=0))
+    # The rigid baseline is the best rigid fit to all keypoints (not anchored at the root keypoint).
+    rigid = SkeletonPose(SkeletonPose.rest(len(rig.bones)).local_rotations, *fit_root(rig, request.targets))
     weights = skinning_weights(gaussians.means, rig)
     transforms = forward_kinematics(rig, full)
     posed = pose_gaussians(gaussians, weights, transforms)
