@@ -169,18 +169,22 @@ def _train(
     started: float,
     progress: Callable[[int, int, dict[str, float]], None] | None,
 ) -> tuple[FitSummary, int, float]:
-    """Calibrate, then resume to the steps that fit the budget; (summary, steps, s/step).
+    """Train in segments until the budget is spent; (summary, steps, s/step).
 
-    The chosen total is kept in RUN_DIR/demo_plan.json, so rerunning a killed demo resumes
-    to the same total instead of planning anew.
+    The first segment is a short calibration; after each one the seconds per step just
+    measured decide how many more fit before the deadline (at most one checkpoint interval
+    at a time), so a machine that slows down mid-run still ends near the budget. Segments
+    resume exactly, so this trains the same weights as one run of the final length. The
+    final total is kept in RUN_DIR/demo_plan.json: rerunning a finished demo trains no
+    more, and a killed one continues from its last checkpoint with a fresh budget.
     """
     plan = run_dir / "demo_plan.json"
-    total = config.steps or (json.loads(plan.read_text())["steps"] if plan.is_file() else None)
+    fixed = config.steps or (json.loads(plan.read_text())["steps"] if plan.is_file() else None)
 
-    def train_to(steps: int) -> FitSummary:
+    def train_to(steps: int, shown_total: int) -> FitSummary:
         def on_step(step: int, terms: dict[str, float]) -> None:
             if progress is not None:
-                progress(step, steps, terms)
+                progress(step, shown_total, terms)
 
         job = FitJob(
             caches, run_dir, dataclasses.replace(stage_two, steps=steps), config.device,
@@ -188,22 +192,28 @@ def _train(
         )  # fmt: skip
         return fit(job, on_step, preview_writer(run_dir))
 
-    per_step = float("nan")
-    if total is None:
-        done = latest_checkpoint(run_dir)
-        summary = train_to((int(done.name.split("_")[-1]) if done else 0) + CALIBRATION_STEPS)
+    if fixed is not None:
+        summary = train_to(fixed, fixed)
+        ran = summary.final_step - summary.start_step
+        return summary, fixed, summary.seconds / ran if ran else float("nan")
+
+    train_count, test_count = config.sample_counts()
+    deadline = started + 60 * config.minutes
+    done = latest_checkpoint(run_dir)
+    step, segment, expected = (int(done.name.split("_")[-1]) if done else 0), CALIBRATION_STEPS, 0
+    seconds = ran = 0.0
+    while segment > 0:
+        summary = train_to(step + segment, max(expected, step + segment))
+        seconds, ran = seconds + summary.seconds, ran + summary.final_step - summary.start_step
         per_step = summary.seconds / max(1, summary.final_step - summary.start_step)
-        train_count, test_count = config.sample_counts()
         # Evaluation predicts both caches (a forward pass costs about a third of a training
         # step per sample) and fits the regressors; keep a tenth of the budget besides.
         reserve = 0.1 * 60 * config.minutes + (train_count + test_count) * per_step / stage_two.batch_size / 3
-        left = 60 * config.minutes - (time.perf_counter() - started) - reserve
-        total = summary.final_step + max(0, int(left / per_step))
-        plan.write_text(json.dumps({"steps": total, "seconds_per_step": per_step}))
-    summary = train_to(total)
-    if summary.final_step > summary.start_step:
-        per_step = summary.seconds / (summary.final_step - summary.start_step)
-    return summary, total, per_step
+        affordable = int((deadline - reserve - time.perf_counter()) / per_step)
+        step, expected = summary.final_step, summary.final_step + max(0, affordable)
+        segment = max(0, min(affordable, stage_two.checkpoint_every))
+    plan.write_text(json.dumps({"steps": step, "seconds_per_step": seconds / max(1.0, ran)}))
+    return summary, step, seconds / max(1.0, ran)
 
 
 def _held_out_views(run_dir: Path, cache: Path, num_views: int, out: Path, samples: int = 3) -> Path:

@@ -44,14 +44,18 @@ def demo_command(
         bars: dict[str, tqdm] = {}
 
         def on_step(step: int, total: int, terms: dict[str, float]) -> None:
-            bar = bars.setdefault("train", tqdm(desc="training", unit="step"))
+            if "train" not in bars:
+                bars["train"] = tqdm(desc="training", unit="step")
+            bar = bars["train"]
             bar.total = total
             bar.n = step
             bar.set_postfix({"loss": f"{terms.get('total', float('nan')):.4f}"}, refresh=False)
             bar.refresh()
 
         def on_eval(samples: int) -> None:
-            bars.setdefault("eval", tqdm(desc="predicting for evaluation", unit="sample")).update(samples)
+            if "eval" not in bars:
+                bars["eval"] = tqdm(desc="predicting for evaluation", unit="sample")
+            bars["eval"].update(samples)
 
         result = run_demo(config, on_step, on_eval)
         for bar in bars.values():
