@@ -206,9 +206,9 @@ def _train(
         summary = train_to(step + segment, max(expected, step + segment))
         seconds, ran = seconds + summary.seconds, ran + summary.final_step - summary.start_step
         per_step = summary.seconds / max(1, summary.final_step - summary.start_step)
-        # Evaluation predicts both caches (a forward pass costs about a third of a training
-        # step per sample) and fits the regressors; keep a tenth of the budget besides.
-        reserve = 0.1 * 60 * config.minutes + (train_count + test_count) * per_step / stage_two.batch_size / 3
+        # Evaluation predicts both caches (a forward pass cost about a tenth of a training
+        # step per sample on 2 cores) and fits the regressors; keep 5% of the budget besides.
+        reserve = 3 * config.minutes + (train_count + test_count) * per_step / stage_two.batch_size / 10
         affordable = int((deadline - reserve - time.perf_counter()) / per_step)
         step, expected = summary.final_step, summary.final_step + max(0, affordable)
         segment = max(0, min(affordable, stage_two.checkpoint_every))

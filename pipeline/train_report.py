@@ -54,11 +54,25 @@ def write_keypoint_views(
         for v in range(num_views):
             ax = fig.add_subplot(rows, num_views, s * num_views + v + 1)
             draw_keypoints(ax, _image(views[s, v] / 255.0), uv[s, v], edges, f"{titles[s]}, view {v}")
+            _zoom_to_object(ax, views[s, v], uv[s, v])
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def _zoom_to_object(ax: object, view: np.ndarray, uv: np.ndarray, margin: float = 0.15) -> None:
+    """Limit the axes to the non-white pixels (3, H, W) uint8 and the keypoints (N, 2)."""
+    rows, cols = np.nonzero((view < 245).any(axis=0))
+    if not len(rows):
+        return
+    xs = np.concatenate([cols + 0.5, uv[:, 0]])
+    ys = np.concatenate([rows + 0.5, uv[:, 1]])
+    half = max(np.ptp(xs), np.ptp(ys)) * (0.5 + margin) + 2.0
+    cx, cy = (xs.max() + xs.min()) / 2, (ys.max() + ys.min()) / 2
+    ax.set_xlim(cx - half, cx + half)  # type: ignore[attr-defined]
+    ax.set_ylim(cy + half, cy - half)  # type: ignore[attr-defined]
 
 
 def write_preview(
