@@ -33,7 +33,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy on the cache format, the cameras, the stage-two geometry and the metrics."""
+    """mypy on the cache format, the cameras, the stage-two geometry, the metrics and the rig."""
     install(session)
     session.run(
         "mypy",
@@ -42,6 +42,11 @@ def typecheck(session: nox.Session) -> None:
         "stages/config.py",
         "stages/keypoints/geometry.py",
         "stages/evaluation/metrics.py",
+        "stages/manipulation/rotations.py",
+        "stages/manipulation/kinematics.py",
+        "stages/manipulation/rig.py",
+        "stages/manipulation/gaussians.py",
+        "stages/manipulation/ply.py",
     )
 
 
