@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,6 @@ from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.manipulate_cli import app  # noqa: E402
 from stages.cameras import project_points  # noqa: E402
 from stages.config import GenerationConfig  # noqa: E402
-from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.manipulation.errors import SampleNotReadyError  # noqa: E402
 from stages.manipulation.frame_pairs import ClipMoment, clip_moments, same_clip_pairs  # noqa: E402
@@ -28,26 +28,10 @@ from stages.manipulation.render import render_views, silhouette_iou  # noqa: E40
 from stages.manipulation.sample import read_object_views  # noqa: E402
 from stages.synthetic import world as world_module  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
+from tests.fixtures.stage_two import TINY_STAGE_TWO  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "poses"
-TINY = StageTwoConfig(
-    num_keypoints=6,
-    volume_size=8,
-    volume_channels=(8, 16),
-    feature_source="pixels",
-    feature_channels=16,
-    feature_size=16,
-    keypoint_channels=8,
-    render_size=32,
-    decoder_channels=8,
-    perceptual="ssim",
-    batch_size=2,
-    steps=2,
-    lr=1e-3,
-    checkpoint_every=2,
-    log_every=1,
-    loader_workers=0,
-)
+TINY = dataclasses.replace(TINY_STAGE_TWO, steps=2)
 
 
 @pytest.fixture(scope="module")

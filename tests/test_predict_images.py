@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,16 +14,12 @@ from pipeline.main_cli import app
 from stages.cameras import project_points
 from stages.config import GenerationConfig, OrbitConfig
 from stages.images import load_image, prepare_image, prepared_to_source
-from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.training import FitJob, fit
 from tests.fixtures.images import write_bad_images
+from tests.fixtures.stage_two import TINY_STAGE_TWO
 
 FAST = GenerationConfig(orbit=OrbitConfig(num_frames=8), num_inference_steps=2, decode_chunk_size=8)
-TINY = StageTwoConfig(
-    num_keypoints=5, volume_size=8, volume_channels=(8, 16), feature_source="pixels", feature_channels=16,
-    feature_size=16, keypoint_channels=8, render_size=32, decoder_channels=8, perceptual="ssim",
-    batch_size=2, steps=2, checkpoint_every=2, loader_workers=0,
-)  # fmt: skip
+TINY = dataclasses.replace(TINY_STAGE_TWO, num_keypoints=5, steps=2)
 
 
 def test_predict_maps_keypoints_to_original_pixels_and_skips_a_broken_image(

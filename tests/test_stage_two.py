@@ -24,25 +24,9 @@ from stages.keypoints.errors import PerceptualWeightsMissing, TrainingError  # n
 from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
+from tests.fixtures.stage_two import TINY_STAGE_TWO  # noqa: E402
 
-TINY = StageTwoConfig(
-    num_keypoints=6,
-    volume_size=8,
-    volume_channels=(8, 16),
-    feature_source="pixels",
-    feature_channels=16,
-    feature_size=16,
-    keypoint_channels=8,
-    render_size=32,
-    decoder_channels=8,
-    perceptual="ssim",
-    batch_size=2,
-    steps=4,
-    lr=1e-3,
-    checkpoint_every=2,
-    log_every=1,
-    loader_workers=0,
-)
+TINY = TINY_STAGE_TWO
 
 
 @pytest.fixture(scope="module")
