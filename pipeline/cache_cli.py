@@ -8,6 +8,7 @@ import typer
 
 from cache_schema import CacheError
 from pipeline import store_report
+from pipeline.cli_errors import fail
 from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig, OrbitConfig
 from stages.datasets.selection import DatasetSelection
@@ -27,11 +28,6 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError as exc:
         raise typer.BadParameter(f"{option} takes comma-separated numbers, got {text!r}") from exc
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _world(source: str | None, split: str, num_samples: int, seed: int) -> object:
@@ -188,7 +184,7 @@ def generate(
         )
         summary = run_generate(job)
     except (StageError, CacheError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     for line in summary.lines():
         typer.echo(line)
@@ -223,13 +219,13 @@ def convert_sv3d(
     from stages.sv3d.convert import convert_sv3d_checkpoint
 
     if dtype not in ("float16", "float32"):
-        _fail(f"--dtype must be float16 or float32, got {dtype!r}")
+        fail(f"--dtype must be float16 or float32, got {dtype!r}")
     try:
         path = convert_sv3d_checkpoint(
             checkpoint, out_dir, image_encoder_dir=image_encoder, dtype=getattr(torch, dtype)
         )
     except (StageError, FileNotFoundError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     typer.echo(f"converted {checkpoint} -> {path}")
 
@@ -241,7 +237,7 @@ def inspect(store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store.")) -
         for line in store_report.inspect_lines(store):
             typer.echo(line)
     except (CacheError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -266,7 +262,7 @@ def preview(
     try:
         path = store_report.write_preview(store, out, samples)
     except (CacheError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"preview written to {path}")
 
 

@@ -9,6 +9,7 @@ import typer
 from tqdm.auto import tqdm
 
 from cache_schema import CacheError
+from pipeline.cli_errors import fail
 from pipeline.manipulate_cli import app as manipulate_app
 from stages.devices import resolve_device
 from stages.errors import StageError
@@ -19,11 +20,6 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(manipulate_app, name="manipulate")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.command("demo")
@@ -61,7 +57,7 @@ def demo_command(
         for bar in bars.values():
             bar.close()
     except (StageError, CacheError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     s = result.summary
     took = s["minutes"]
@@ -99,7 +95,7 @@ def predict_command(
     try:
         record = predict_images(PredictJob(tuple(images), model, run, out, cache, resolve_device(device)))
     except (StageError, CacheError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     for item in record["predictions"]:
         typer.echo(f"  {item['image']}: {len(item['keypoints_3d'])} keypoints, overlay {item['overlay']}")

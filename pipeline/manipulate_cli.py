@@ -13,6 +13,7 @@ import typer
 from tqdm.auto import tqdm
 
 from cache_schema import CacheError, CacheReader
+from pipeline.cli_errors import fail
 from pipeline.manipulate_report import labelled, overlay_sheet, render_row, save_png, skinning_colours
 from stages.devices import resolve_device
 from stages.errors import StageError
@@ -36,11 +37,6 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
 def _write_json(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
@@ -61,7 +57,7 @@ def reconstruct_command(
         result = reconstruct_visual_hull(views, CarvingConfig(grid=grid), progress=typer.echo)
         masks = splat_masks(result.gaussians, views.intrinsics, views.world_to_camera, views.masks.shape[-1])
     except (StageError, CacheError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     iou = silhouette_iou(masks, views.masks)
     write_gaussians_ply(out, result.gaussians)
@@ -85,7 +81,7 @@ def load_command(ply: Path = typer.Argument(..., help="A 3DGS / Gaussian Frostin
     try:
         gaussians = read_gaussians_ply(ply)
     except StageError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     low, high = gaussians.means.min(axis=0), gaussians.means.max(axis=0)
     rest = 0 if gaussians.sh_rest is None else gaussians.sh_rest.shape[1]
@@ -138,7 +134,7 @@ def rig_command(
         rig = build_rig(joints, adjacency, config, names, notes)
         gaussians = read_gaussians_ply(ply) if ply is not None else None
     except (StageError, CacheError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     rig.save(out)
     typer.echo(f"skeleton: {len(rig.bones)} bones from root {rig.root}: {', '.join(rig.bone_names)}")
@@ -174,7 +170,7 @@ def pose_command(
         transforms = forward_kinematics(rig, solve_pose(rig, request))
         posed = pose_gaussians(gaussians, skinning_weights(gaussians.means, rig), transforms)
     except (StageError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     write_gaussians_ply(out, posed)
     keypoints_path = _write_json(
@@ -260,7 +256,7 @@ def check_command(
                 save_png(overlay_sheet(result.masks, ious, second.masks), out / f"pair_{a}_{b}_{name}.png")
             records.append(record)
     except (StageError, CacheError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     summary = {
         name: {key: float(np.mean([r[name][key] for r in records])) for key in records[0][name]}

@@ -10,6 +10,7 @@ import typer
 from tqdm.auto import tqdm
 
 from cache_schema import CacheError, CacheReader
+from pipeline.cli_errors import fail
 from pipeline.train_report import preview_writer, write_loss_curve
 from stages.devices import resolve_device
 from stages.errors import StageError
@@ -23,11 +24,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _feature_source(choice: str, caches: list[Path]) -> str:
@@ -104,7 +100,7 @@ def fit_command(
         summary = fit(job, on_step, preview_writer(out))
         bar.close()
     except (StageError, CacheError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     curve = write_loss_curve(out / METRICS, out / "loss_curve.png")
     ran = summary.final_step - summary.start_step
@@ -148,7 +144,7 @@ def predict_command(
                 model, cache, config["num_views"], batch_size, resolve_device(device), bar.update
             )
     except (StageError, CacheError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     result["edge_weights"] = model.edge_weights().detach().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +188,7 @@ def eval_command(
                 run_dir, train_cache, test_cache, out, config, resolve_device(device), bar.update, space
             )
     except (StageError, CacheError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     typer.echo(f"train {record['train_samples']} samples, test {record['test_samples']} samples")
     typer.echo((out / "table.md").read_text().rstrip())
