@@ -30,8 +30,9 @@ import numpy as np
 from bench_common import print_notes, print_table, write_report
 
 from cache_schema import CacheReader
+from stages.keypoints.checkpoint import load_run
 from stages.manipulation.check import draw_frame_pairs, ground_truth_keypoints, score_pair
-from stages.manipulation.keypoints import learned_adjacency, load_keypoint_run, predict_sample_keypoints
+from stages.manipulation.keypoints import learned_adjacency, predict_sample_keypoints
 from stages.manipulation.reconstruct import reconstruct_visual_hull
 from stages.manipulation.render import render_views, silhouette_iou
 from stages.manipulation.sample import ObjectViews, read_object_views
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         [[recon_mean[k] for k in keys]],
     )
 
-    run = load_keypoint_run(args.run)
+    run = load_run(args.run)
     adjacency = learned_adjacency(run)
     truth = ground_truth_keypoints(reader)
     pairs = draw_frame_pairs(reader, args.pairs, args.min_gap, args.max_gap, args.seed)

@@ -43,7 +43,7 @@ from stages.evaluation.evaluate import (
     score,
 )
 from stages.evaluation.supervised import train_supervised
-from stages.keypoints.checkpoint import latest_checkpoint, load_model
+from stages.keypoints.checkpoint import load_run
 from stages.keypoints.config import preset
 from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import FitJob, fit
@@ -66,9 +66,9 @@ def ours(folder: Path, name: str, train: Path, test: Path, config: Any) -> tuple
     tic = time.perf_counter()
     fit(FitJob((train,), folder / name, config))
     minutes = (time.perf_counter() - tic) / 60
-    model = load_model(latest_checkpoint(folder / name))
-    a = predict_cache(model, train, config.num_views)
-    b = predict_cache(model, test, config.num_views)
+    run = load_run(folder / name)
+    a = predict_cache(run.model, train, run.num_views)
+    b = predict_cache(run.model, test, run.num_views)
     results = regress_and_score(
         a["keypoints_3d"], truth(train, a["index"]), b["keypoints_3d"], truth(test, b["index"]), EvalConfig()
     )

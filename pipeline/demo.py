@@ -22,10 +22,10 @@ from typing import Any
 from cache_schema import CacheReader
 from pipeline.evaluate import run_eval
 from pipeline.generate import GenerateJob, run_generate
-from pipeline.train_report import preview_writer, write_keypoint_views, write_loss_curve
+from pipeline.train_report import preview_path, preview_writer, write_keypoint_views, write_loss_curve
 from stages.config import GenerationConfig
 from stages.evaluation.evaluate import EvalConfig
-from stages.keypoints.checkpoint import latest_checkpoint, load_model
+from stages.keypoints.checkpoint import latest_checkpoint, latest_step, load_run
 from stages.keypoints.config import StageTwoConfig, preset
 from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import METRICS, FitJob, FitSummary, fit
@@ -124,7 +124,7 @@ def run_demo(
         eval_progress,
     )
     curve = write_loss_curve(run_dir / METRICS, run_dir / "loss_curve.png")
-    views = _held_out_views(run_dir, caches["test"], stage_two.num_views, out / "keypoints_on_views.png")
+    views = _held_out_views(run_dir, caches["test"], out / "keypoints_on_views.png")
     finished = time.perf_counter()
 
     result = {
@@ -153,7 +153,7 @@ def run_demo(
             "eval": str(eval_dir),
             "loss_curve": str(curve),
             "keypoints_on_views": str(views),
-            "training_preview": str(run_dir / "previews" / f"step_{total_steps:08d}.png"),
+            "training_preview": str(preview_path(run_dir, total_steps)),
         },
     }
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
@@ -199,8 +199,7 @@ def _train(
 
     train_count, test_count = config.sample_counts()
     deadline = started + 60 * config.minutes
-    done = latest_checkpoint(run_dir)
-    step, segment, expected = (int(done.name.split("_")[-1]) if done else 0), CALIBRATION_STEPS, 0
+    step, segment, expected = latest_step(run_dir), CALIBRATION_STEPS, 0
     seconds = ran = 0.0
     while segment > 0:
         summary = train_to(step + segment, max(expected, step + segment))
@@ -216,12 +215,12 @@ def _train(
     return summary, step, seconds / max(1.0, ran)
 
 
-def _held_out_views(run_dir: Path, cache: Path, num_views: int, out: Path, samples: int = 3) -> Path:
-    model = load_model(latest_checkpoint(run_dir))
-    predicted = predict_cache(model, cache, num_views, limit=samples)
+def _held_out_views(run_dir: Path, cache: Path, out: Path, samples: int = 3) -> Path:
+    run = load_run(run_dir)
+    predicted = predict_cache(run.model, cache, run.num_views, limit=samples)
     views = CacheReader(cache).read_batch(predicted["index"].tolist(), ("views",))["views"]
     titles = [str(s).rsplit("/", 1)[-1] for s in predicted["sample_id"]]
-    weights = model.edge_weights().detach().cpu().numpy()
+    weights = run.model.edge_weights().detach().cpu().numpy()
     return write_keypoint_views(out, views, predicted["keypoints_2d"], weights, titles)
 
 

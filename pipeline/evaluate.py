@@ -18,7 +18,7 @@ from stages.evaluation.evaluate import (
     regress_and_score,
     regress_and_score_2d,
 )
-from stages.keypoints.checkpoint import latest_checkpoint, load_model
+from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, load_run
 from stages.keypoints.predict import predict_cache
 
 
@@ -41,23 +41,21 @@ def evaluation_space(cache: Path, space: str) -> str:
 
 
 def predict_with_truth(
-    run_dir: Path, cache: Path, device: str, progress: Callable[[int], None] | None = None, space: str = "3d"
+    run: TrainedRun,
+    cache: Path,
+    device: str,
+    progress: Callable[[int], None] | None = None,
+    space: str = "3d",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
     """Keypoints of every done sample, its ground truth and the joint names.
 
     The truth is {'joints': (S, J, 3)} in 3D, or {'joints': (S, J, 2), 'visible': (S, J)}
     of the input view (view 0) in 2D.
     """
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise ValueError(f"{run_dir}: no checkpoint (run `keydiff3d-train fit` first)")
-    config = json.loads((Path(run_dir) / "config.json").read_text())["stage_two"]
     reader = CacheReader(cache)
     truth_spec = reader.layout.ground_truth
     assert truth_spec is not None  # checked by evaluation_space
-    predicted = predict_cache(
-        load_model(checkpoint), cache, config["num_views"], device=device, progress=progress
-    )
+    predicted = predict_cache(run.model, cache, run.num_views, device=device, progress=progress)
     stored = reader.read_ground_truth(predicted["index"].tolist())
     if space == "3d":
         truth = {"joints": stored["joints_3d"]}
@@ -85,18 +83,17 @@ def run_eval(
     'auto' (3d where the test cache has 3D ground truth).
     """
     config = config or EvalConfig()
-    if latest_checkpoint(run_dir) is None:
-        raise ValueError(f"{run_dir}: no checkpoint (run `keydiff3d-train fit` first)")
+    run = load_run(run_dir, device)
     space = evaluation_space(test_cache, space)
     evaluation_space(train_cache, space)
-    run_config = json.loads((Path(run_dir) / "config.json").read_text())["stage_two"]
-    train, train_truth, names = predict_with_truth(run_dir, train_cache, device, progress, space)
-    test, test_truth, test_names = predict_with_truth(run_dir, test_cache, device, progress, space)
+    run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())["stage_two"]
+    train, train_truth, names = predict_with_truth(run, train_cache, device, progress, space)
+    test, test_truth, test_names = predict_with_truth(run, test_cache, device, progress, space)
     if names != test_names:
         raise CacheError(f"{train_cache} and {test_cache} have different joints: {names} vs {test_names}")
     record: dict[str, Any] = {
         "run_dir": str(Path(run_dir).resolve()),
-        "checkpoint": str(latest_checkpoint(run_dir)),
+        "checkpoint": str(run.checkpoint),
         "train_cache": str(train_cache),
         "test_cache": str(test_cache),
         "space": space,

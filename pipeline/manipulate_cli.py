@@ -17,10 +17,11 @@ from pipeline.cli_errors import fail
 from pipeline.manipulate_report import labelled, overlay_sheet, render_row, save_png, skinning_colours
 from stages.devices import resolve_device
 from stages.errors import StageError
+from stages.keypoints.checkpoint import load_run
 from stages.manipulation.check import draw_frame_pairs, ground_truth_keypoints, score_pair
 from stages.manipulation.errors import ManipulationError
 from stages.manipulation.gaussians import Gaussians
-from stages.manipulation.keypoints import learned_adjacency, load_keypoint_run, predict_sample_keypoints
+from stages.manipulation.keypoints import learned_adjacency, predict_sample_keypoints
 from stages.manipulation.kinematics import forward_kinematics, pose_gaussians
 from stages.manipulation.ply import read_gaussians_ply, write_gaussians_ply
 from stages.manipulation.pose_file import load_pose, solve_pose
@@ -112,7 +113,7 @@ def rig_command(
         config = RigConfig(root=root, sigma_fraction=sigma_fraction)
         reader = CacheReader(cache)
         index = sample_index(reader, sample)
-        run = load_keypoint_run(run_dir, resolve_device(device))
+        run = load_run(run_dir, resolve_device(device))
         if keypoints == "predicted":
             joints = predict_sample_keypoints(run, cache, index)
             names: tuple[str, ...] = ()
@@ -233,7 +234,7 @@ def check_command(
             chosen = [(sample_index(reader, sample_a), sample_index(reader, sample_b))]
         else:
             chosen = draw_frame_pairs(reader, pairs, min_gap, max_gap, seed)
-        run = load_keypoint_run(run_dir, resolve_device(device))
+        run = load_run(run_dir, resolve_device(device))
         adjacency = learned_adjacency(run)
         truth = ground_truth_keypoints(reader) if ground_truth else None
         records = []

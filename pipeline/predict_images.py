@@ -27,7 +27,7 @@ from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.train_report import draw_keypoints  # noqa: E402
 from stages.config import GenerationConfig  # noqa: E402
 from stages.images import prepared_to_source, read_rgba  # noqa: E402
-from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
+from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, load_run  # noqa: E402
 from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.skeleton import maximum_spanning_tree  # noqa: E402
 
@@ -56,7 +56,7 @@ def generation_config_of(run_dir: Path) -> GenerationConfig:
     Caches of the synthetic world (render backend) have no SV3D settings to copy; the
     defaults are used and the model's image size check reports any mismatch.
     """
-    record = json.loads((run_dir / "config.json").read_text())
+    record = json.loads((run_dir / RUN_CONFIG).read_text())
     for cache in record.get("data", {}).get("caches", [])[:1]:
         try:
             metadata = CacheStore.open(cache).metadata
@@ -72,10 +72,7 @@ def predict_images(job: PredictJob) -> dict[str, Any]:
     missing = [str(p) for p in job.images if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
-    checkpoint = latest_checkpoint(job.run_dir)
-    if checkpoint is None:
-        raise ValueError(f"{job.run_dir}: no checkpoint (train with `keydiff3d-train fit` first)")
-    num_views = json.loads((job.run_dir / "config.json").read_text())["stage_two"]["num_views"]
+    run = load_run(job.run_dir, job.device)
     config = generation_config_of(job.run_dir)
     job.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="keydiff3d-predict-") as scratch:
@@ -84,24 +81,23 @@ def predict_images(job: PredictJob) -> dict[str, Any]:
         listing.write_text("".join(f"{Path(p).resolve()}\n" for p in job.images))
         cache = job.cache or Path(scratch) / "stage_one.zarr"
         run_generate(GenerateJob(listing, job.model, cache, config, device=job.device, progress=job.progress))
-        model = load_model(checkpoint)
-        record = _predict(model, cache, num_views, job)
-    record["checkpoint"] = str(checkpoint)
+        record = _predict(run, cache, job)
+    record["checkpoint"] = str(run.checkpoint)
     record["stage_one_cache"] = str(job.cache) if job.cache else None
     (job.out / "keypoints.json").write_text(json.dumps(record, indent=2))
     return record
 
 
-def _predict(model: Any, cache: Path, num_views: int, job: PredictJob) -> dict[str, Any]:
+def _predict(run: TrainedRun, cache: Path, job: PredictJob) -> dict[str, Any]:
     store = CacheStore.open(cache)
     rows = zip(store.sample_ids(), store.statuses(), store.failure_reasons(), strict=True)
     failed = [{"image": str(i), "reason": str(why)} for i, status, why in rows if status == STATUS_FAILED]
     reader = CacheReader(cache)
     predictions = []
-    weights = model.edge_weights().detach().cpu().numpy()
+    weights = run.model.edge_weights().detach().cpu().numpy()
     edges = maximum_spanning_tree(weights)
     if len(reader.done_indices()):
-        result = predict_cache(model, cache, num_views, device=job.device)
+        result = predict_cache(run.model, cache, run.num_views, device=job.device)
         boxes = reader.read_batch(result["index"].tolist(), ("crop_box",))["crop_box"]
         size = reader.layout.image_size
         for i, image in enumerate(result["sample_id"]):

@@ -14,7 +14,7 @@ from pipeline.cli_errors import fail
 from pipeline.train_report import preview_writer, write_loss_curve
 from stages.devices import resolve_device
 from stages.errors import StageError
-from stages.keypoints.checkpoint import latest_checkpoint, load_model
+from stages.keypoints.checkpoint import latest_checkpoint, load_run
 from stages.keypoints.config import preset
 from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import METRICS, FitJob, fit
@@ -133,29 +133,24 @@ def predict_command(
     try:
         if out.suffix not in (".json", ".npz"):
             raise ValueError(f"--out {out}: must end in .json or .npz")
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise ValueError(f"{run_dir}: no checkpoint yet (run `keydiff3d-train fit` first)")
-        config = json.loads((run_dir / "config.json").read_text())["stage_two"]
-        model = load_model(checkpoint)
+        where = resolve_device(device)
+        run = load_run(run_dir, where)
         total = len(CacheReader(cache).done_indices())
         with tqdm(total=total, desc="predicting", unit="sample") as bar:
-            result = predict_cache(
-                model, cache, config["num_views"], batch_size, resolve_device(device), bar.update
-            )
+            result = predict_cache(run.model, cache, run.num_views, batch_size, where, bar.update)
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
         return
-    result["edge_weights"] = model.edge_weights().detach().cpu().numpy()
+    result["edge_weights"] = run.model.edge_weights().detach().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         np.savez(out, **result)
     else:
         record = {k: v.tolist() for k, v in result.items()}
-        record["checkpoint"] = str(checkpoint)
+        record["checkpoint"] = str(run.checkpoint)
         record["frame"] = "cache world frame (keypoints_3d); view pixels, corner at 0 (keypoints_2d)"
         out.write_text(json.dumps(record))
-    typer.echo(f"wrote keypoints of {len(result['index'])} samples from {checkpoint.name} to {out}")
+    typer.echo(f"wrote keypoints of {len(result['index'])} samples from {run.checkpoint.name} to {out}")
 
 
 @app.command("eval")

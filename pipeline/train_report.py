@@ -120,6 +120,11 @@ def write_preview(
     return out
 
 
+def preview_path(run_dir: Path, step: int) -> Path:
+    """Where `preview_writer` puts the picture of checkpoint `step`."""
+    return Path(run_dir) / "previews" / f"step_{step:08d}.png"
+
+
 def preview_writer(run_dir: Path):  # noqa: ANN201
     """A `fit` on_checkpoint callback writing RUN_DIR/previews/step_XXXXXXXX.png."""
 
@@ -127,7 +132,7 @@ def preview_writer(run_dir: Path):  # noqa: ANN201
         step: int, directory: Path, batch: dict, outputs: StepOutputs, model: KeyDiff3DModel
     ) -> None:
         write_preview(
-            run_dir / "previews" / f"step_{step:08d}.png",
+            preview_path(run_dir, step),
             batch["views"].float().cpu().numpy(),
             outputs.reconstruction.detach().float().cpu().numpy(),
             outputs.uv.detach().float().cpu().numpy(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from stages.keypoints.errors import TrainingError
 from stages.keypoints.model import KeyDiff3DModel
 
 LATEST = "latest.json"
+RUN_CONFIG = "config.json"
+"""The resolved training config of a run directory (stage_two and data sections)."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -68,6 +71,36 @@ def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> KeyDiff3
         raise TrainingError(f"{path}: not a saved KeyDiff3D model (no config.json)")
     model = KeyDiff3DModel.from_pretrained(str(path), local_files_only=True)
     return model.to(device)
+
+
+def latest_step(run_dir: Path) -> int:
+    """The step of the run's last checkpoint, 0 when it has none."""
+    checkpoint = latest_checkpoint(run_dir)
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["step"]) if checkpoint else 0
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedRun:
+    """A run's last checkpoint, loaded for prediction."""
+
+    model: KeyDiff3DModel
+    """In eval mode, on the device it was loaded to."""
+    num_views: int
+    """K, the cached views the model reads (input first)."""
+    checkpoint: Path
+
+
+def load_run(run_dir: Path, device: torch.device | str = "cpu") -> TrainedRun:
+    """The last checkpoint of a `keydiff3d-train fit` run directory, ready to predict."""
+    run_dir = Path(run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise TrainingError(f"{run_dir}: no checkpoint (run `keydiff3d-train fit` first)")
+    config_path = run_dir / RUN_CONFIG
+    if not config_path.is_file():
+        raise TrainingError(f"{run_dir}: not a training run directory (no {RUN_CONFIG})")
+    num_views = int(json.loads(config_path.read_text())["stage_two"]["num_views"])
+    return TrainedRun(load_model(checkpoint, device).eval(), num_views, checkpoint)
 
 
 def restore_checkpoint(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from stages.devices import resolve_device
-from stages.keypoints.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from stages.keypoints.checkpoint import RUN_CONFIG, latest_checkpoint, restore_checkpoint, save_checkpoint
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import CacheTrainingSet, StepBatchSampler, keep_batch, summarise_caches
 from stages.keypoints.errors import TrainingError
@@ -26,7 +26,7 @@ from stages.keypoints.perceptual import build_perceptual_loss
 # Fields that may change between a run and its resumption: they do not change what is learned.
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every", "loader_workers")
 METRICS = "metrics.jsonl"
-CONFIG = "config.json"
+CONFIG = RUN_CONFIG
 
 
 @dataclass(frozen=True)
