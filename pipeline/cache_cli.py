@@ -185,7 +185,6 @@ def generate(
         summary = run_generate(job)
     except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
-        return
     for line in summary.lines():
         typer.echo(line)
     if summary.errors:
@@ -226,7 +225,6 @@ def convert_sv3d(
         )
     except (StageError, FileNotFoundError, OSError) as exc:
         fail(str(exc))
-        return
     typer.echo(f"converted {checkpoint} -> {path}")
 
 

@@ -58,7 +58,6 @@ def demo_command(
             bar.close()
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
-        return
     s = result.summary
     took = s["minutes"]
     typer.echo(
@@ -96,7 +95,6 @@ def predict_command(
         record = predict_images(PredictJob(tuple(images), model, run, out, cache, resolve_device(device)))
     except (StageError, CacheError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-        return
     for item in record["predictions"]:
         typer.echo(f"  {item['image']}: {len(item['keypoints_3d'])} keypoints, overlay {item['overlay']}")
     for item in record["failed"]:

@@ -59,7 +59,6 @@ def reconstruct_command(
         masks = splat_masks(result.gaussians, views.intrinsics, views.world_to_camera, views.masks.shape[-1])
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
-        return
     iou = silhouette_iou(masks, views.masks)
     write_gaussians_ply(out, result.gaussians)
     typer.echo(
@@ -83,7 +82,6 @@ def load_command(ply: Path = typer.Argument(..., help="A 3DGS / Gaussian Frostin
         gaussians = read_gaussians_ply(ply)
     except StageError as exc:
         fail(str(exc))
-        return
     low, high = gaussians.means.min(axis=0), gaussians.means.max(axis=0)
     rest = 0 if gaussians.sh_rest is None else gaussians.sh_rest.shape[1]
     typer.echo(f"{ply}: {gaussians.num_points} Gaussians")
@@ -136,7 +134,6 @@ def rig_command(
         gaussians = read_gaussians_ply(ply) if ply is not None else None
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
-        return
     rig.save(out)
     typer.echo(f"skeleton: {len(rig.bones)} bones from root {rig.root}: {', '.join(rig.bone_names)}")
     if gaussians is not None:
@@ -172,7 +169,6 @@ def pose_command(
         posed = pose_gaussians(gaussians, skinning_weights(gaussians.means, rig), transforms)
     except (StageError, ValueError) as exc:
         fail(str(exc))
-        return
     write_gaussians_ply(out, posed)
     keypoints_path = _write_json(
         out.with_suffix(".keypoints.json"),
@@ -258,7 +254,6 @@ def check_command(
             records.append(record)
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
-        return
     summary = {
         name: {key: float(np.mean([r[name][key] for r in records])) for key in records[0][name]}
         for name in records[0]

@@ -101,7 +101,6 @@ def fit_command(
         bar.close()
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
-        return
     curve = write_loss_curve(out / METRICS, out / "loss_curve.png")
     ran = summary.final_step - summary.start_step
     typer.echo(
@@ -140,7 +139,6 @@ def predict_command(
             result = predict_cache(run.model, cache, run.num_views, batch_size, where, bar.update)
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
-        return
     result["edge_weights"] = run.model.edge_weights().detach().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
@@ -184,7 +182,6 @@ def eval_command(
             )
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
-        return
     typer.echo(f"train {record['train_samples']} samples, test {record['test_samples']} samples")
     typer.echo((out / "table.md").read_text().rstrip())
     written = ", ".join(
