@@ -1,8 +1,7 @@
 """Pairs of synthetic-world samples that show two moments of the same motion clip.
 
-Sample ids do not name their clip and time: both are drawn from the sample's seed. This
-repeats the first two draws of stages.synthetic.world.SyntheticRenderer.make_sample
-(clip index, then time), so it must change if that order ever does.
+Sample ids do not name their clip and time: both are drawn from the sample's seed, by
+the same `draw_clip_moment` the synthetic world renders with.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import numpy as np
 from stages.manipulation.errors import ManipulationError
 from stages.sources import sample_seed
 from stages.synthetic.mocap import load_clip
-from stages.synthetic.world import QUADRUPED_SEGMENTS
+from stages.synthetic.world import draw_clip_moment, time_segment
 
 
 @dataclass(frozen=True)
@@ -33,12 +32,11 @@ def clip_moments(world: dict[str, Any], sample_ids: list[str]) -> list[ClipMomen
     except (KeyError, TypeError) as exc:
         raise ManipulationError(f"not a synthetic-world cache (source world {world!r})") from exc
     durations = {name: load_clip(name).duration for name in clips}
-    low, high = QUADRUPED_SEGMENTS[split] if category == "quadruped" else (0.0, 1.0)
+    segment = time_segment(category, split)
     moments = []
     for sample_id in sample_ids:
         rng = np.random.default_rng(sample_seed(seed, sample_id))
-        name = clips[int(rng.integers(len(clips)))]
-        moments.append(ClipMoment(name, float(rng.uniform(low, high)) * durations[name]))
+        moments.append(ClipMoment(*draw_clip_moment(rng, clips, segment, durations)))
     return moments
 
 

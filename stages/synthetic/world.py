@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,6 +99,26 @@ class ViewFeatureModel(Protocol):
     def features_of_views(self, views: np.ndarray, seed: int) -> dict[str, np.ndarray]: ...
 
 
+def time_segment(category: str, split: str) -> tuple[float, float]:
+    """The fractions of every clip a split draws its times from."""
+    return QUADRUPED_SEGMENTS[split] if category == "quadruped" else (0.0, 1.0)
+
+
+def draw_clip_moment(
+    rng: np.random.Generator,
+    clips: Sequence[str],
+    segment: tuple[float, float],
+    durations: Mapping[str, float],
+) -> tuple[str, float]:
+    """A sample's clip and time in seconds: the first two draws of its generator.
+
+    Its appearance is drawn after them, so which moment a sample shows can be found
+    from its seed alone, without rendering (stages/manipulation/frame_pairs.py).
+    """
+    name = clips[int(rng.integers(len(clips)))]
+    return name, float(rng.uniform(*segment)) * durations[name]
+
+
 class SyntheticRenderer:
     """Renders samples of one world in its own pybullet client (one per process)."""
 
@@ -122,6 +143,7 @@ class SyntheticRenderer:
         self.client = pb.connect(pb.DIRECT)
         self.figure = load_figure(self.client, world.category)
         self.clips = {name: load_clip(name) for name in world.clips()}
+        self.durations = {name: clip.duration for name, clip in self.clips.items()}
         self.feature_model = feature_model
         self.intrinsics, self.world_to_camera = kept_view_cameras(config, self.size)
 
@@ -138,12 +160,10 @@ class SyntheticRenderer:
         view 0 (azimuth 0) is also the input image.
         """
         rng = np.random.default_rng(sample_seed(self.world.seed, sample_id))
-        name = self.world.clips()[int(rng.integers(len(self.world.clips())))]
+        name, t = draw_clip_moment(
+            rng, self.world.clips(), time_segment(self.world.category, self.world.split), self.durations
+        )
         clip = self.clips[name]
-        low, high = (0.0, 1.0)
-        if self.world.category == "quadruped":
-            low, high = QUADRUPED_SEGMENTS[self.world.split]
-        t = float(rng.uniform(low, high)) * clip.duration
         randomise_colours(self.figure, rng)
         joints = pose_figure(self.figure, pose_at(clip, t), rng, self.world.max_shift)
         light = rng.normal(size=3) + np.array([0.0, 0.0, 2.0])
