@@ -42,7 +42,7 @@ def typecheck(session: nox.Session) -> None:
         "stages/config.py",
         "stages/keypoints/geometry.py",
         "stages/evaluation/metrics.py",
-        "stages/manipulation/rotations.py",
+        "stages/rotations.py",
         "stages/manipulation/kinematics.py",
         "stages/manipulation/rig.py",
         "stages/manipulation/gaussians.py",

@@ -19,7 +19,7 @@ from stages.manipulation.kinematics import (
 )
 from stages.manipulation.pose_file import load_pose, parse_pose, solve_pose
 from stages.manipulation.rig import Rig, RigConfig, build_rig, skinning_weights
-from stages.manipulation.rotations import (
+from stages.rotations import (
     axis_angle_to_matrix,
     fit_rotation,
     matrix_to_quaternion,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages import rotations
 from stages.datasets.files import json_error, json_numbers, load_json
 
 
@@ -89,14 +90,7 @@ def quaternion_to_matrix(quaternion: np.ndarray) -> np.ndarray:
     q = np.asarray(quaternion, dtype=np.float64)
     if q.shape != (4,):
         raise ValueError(f"quaternion must be (4,) = [w, x, y, z], got {q.shape}")
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    return rotations.quaternion_to_matrix(q)
 
 
 def world_to_camera(points: np.ndarray, orientation: np.ndarray, translation_m: np.ndarray) -> np.ndarray:

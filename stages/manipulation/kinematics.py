@@ -15,7 +15,8 @@ import numpy as np
 
 from stages.manipulation.gaussians import Gaussians
 from stages.manipulation.rig import Rig
-from stages.manipulation.rotations import (
+from stages.manipulation.shapes import check_shape
+from stages.rotations import (
     axis_angle_to_matrix,
     fit_rotation,
     matrix_to_quaternion,
@@ -23,7 +24,6 @@ from stages.manipulation.rotations import (
     quaternion_to_matrix,
     rotation_between,
 )
-from stages.manipulation.shapes import check_shape
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,7 +30,7 @@ import numpy as np
 from stages.manipulation.errors import PoseFileError
 from stages.manipulation.kinematics import SkeletonPose, fit_root, solve_targets
 from stages.manipulation.rig import Rig
-from stages.manipulation.rotations import axis_angle_to_matrix, quaternion_to_matrix
+from stages.rotations import axis_angle_to_matrix, quaternion_to_matrix
 
 SECTIONS = ("rotations", "targets", "offsets", "root", "ik")
 AXES = {"x": 0, "y": 1, "z": 2}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pybullet as pb
 
+from stages.rotations import quaternion_multiply
 from stages.synthetic.errors import SyntheticWorldError
 from stages.synthetic.mocap import CLIP_LAYOUTS, Pose
 from stages.synthetic.quiet import c_stdout_silenced
@@ -142,20 +143,6 @@ def randomise_colours(figure: Figure, rng: np.random.Generator) -> np.ndarray:
     return colours
 
 
-def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (w, x, y, z) quaternions: rotation a after b."""
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return np.array(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ]
-    )
-
-
 def _xyzw(q: np.ndarray) -> list[float]:
     return [float(q[1]), float(q[2]), float(q[3]), float(q[0])]
 
@@ -219,12 +206,12 @@ def pose_figure(
         raise SyntheticWorldError(f"max_shift must be >= 0, got {max_shift}")
     rotation = pose.root_rotation
     if pose.layout.up_axis == "y":
-        rotation = _quat_multiply(_Y_UP_TO_Z_UP, rotation)
+        rotation = quaternion_multiply(_Y_UP_TO_Z_UP, rotation)
     yaw, shift = 0.0, np.zeros(3)
     if rng is not None:
         yaw = rng.uniform(0.0, 2.0 * np.pi)
         shift = rng.uniform(-max_shift, max_shift, size=3)
-    rotation = _quat_multiply(np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]), rotation)
+    rotation = quaternion_multiply(np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]), rotation)
     client = figure.client_id
     pb.resetBasePositionAndOrientation(
         figure.body_id, [0.0, 0.0, 0.0], _xyzw(rotation), physicsClientId=client

@@ -1,15 +1,18 @@
-"""Rotations as 3x3 matrices and (w, x, y, z) quaternions: pure numpy, batched on leading axes."""
+"""Rotations as 3x3 matrices and (w, x, y, z) quaternions: pure numpy, batched on leading axes.
+
+Shared by the dataset cameras, the synthetic figures and the manipulation rig.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from stages.manipulation.shapes import check_shape
+from stages.shapes import require_shape
 
 
 def axis_angle_to_matrix(axis: np.ndarray, radians: float) -> np.ndarray:
     """Rotation (3, 3) by `radians` about `axis` (3,), right-handed (Rodrigues)."""
-    axis = check_shape("axis", axis, (3,))
+    axis = require_shape("axis", axis, (3,))
     norm = np.linalg.norm(axis)
     if norm == 0:
         raise ValueError("axis must be non-zero")
@@ -104,8 +107,8 @@ def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def rotation_between(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The smallest rotation (3, 3) taking direction `source` (3,) to direction `target` (3,)."""
-    a = check_shape("source", source, (3,))
-    b = check_shape("target", target, (3,))
+    a = require_shape("source", source, (3,))
+    b = require_shape("target", target, (3,))
     a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
     axis = np.cross(a, b)
     sin, cos = np.linalg.norm(axis), float(np.dot(a, b))
@@ -125,8 +128,8 @@ def fit_rotation(source: np.ndarray, target: np.ndarray, prior: float = 1e-3) ->
     scale) pulls directions the data leaves free, such as the twist about a single
     vector or a line of collinear vectors, towards no rotation.
     """
-    source = check_shape("source", source, (None, 3))
-    target = check_shape("target", target, (len(source), 3))
+    source = require_shape("source", source, (None, 3))
+    target = require_shape("target", target, (len(source), 3))
     covariance = target.T @ source
     scale = float(np.sum(np.linalg.norm(source, axis=1) * np.linalg.norm(target, axis=1)))
     covariance = covariance + prior * max(scale, 1e-12) * np.eye(3)
