@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.cameras import project_points
 from stages.manipulation.errors import ManipulationError
 from stages.manipulation.gaussians import Gaussians
 from stages.manipulation.render import render_views
@@ -88,15 +89,12 @@ def carve_visual_hull(
     centres = check_shape("centres", centres, (None, 3))
     keep = np.ones(len(centres), dtype=bool)
     for view in range(v):
-        cam = centres[keep] @ world_to_camera[view, :3, :3].T + world_to_camera[view, :3, 3]
-        pix = cam @ intrinsics[view].T
-        depth = pix[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            col = np.floor(pix[:, 0] / depth)
-            row = np.floor(pix[:, 1] / depth)
+        one = slice(view, view + 1)
+        uv, depth = project_points(centres[keep], intrinsics[one], world_to_camera[one])
+        col, row, depth = np.floor(uv[0, :, 0]), np.floor(uv[0, :, 1]), depth[0]
         # The object is framed whole in every view: outside the image means outside the object.
         inside = (depth > 0) & (col >= 0) & (col < size) & (row >= 0) & (row < size)
-        hit = np.zeros(len(cam), dtype=bool)
+        hit = np.zeros(len(depth), dtype=bool)
         hit[inside] = masks[view, row[inside].astype(np.int64), col[inside].astype(np.int64)]
         keep[np.flatnonzero(keep)[~hit]] = False
     return keep
@@ -147,14 +145,13 @@ def colour_points(
     weight = np.zeros(len(points))
     fallback = np.zeros((len(points), 3))
     fallback_count = np.zeros(len(points))
+    uv, depth = project_points(points, views.intrinsics, views.world_to_camera)
     for view, splats in enumerate(renders):
         w2c = views.world_to_camera[view]
-        cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-        pix = cam @ views.intrinsics[view].T
-        col = np.clip(np.floor(pix[:, 0] / pix[:, 2]).astype(np.int64), 0, size - 1)
-        row = np.clip(np.floor(pix[:, 1] / pix[:, 2]).astype(np.int64), 0, size - 1)
+        col = np.clip(np.floor(uv[view, :, 0]).astype(np.int64), 0, size - 1)
+        row = np.clip(np.floor(uv[view, :, 1]).astype(np.int64), 0, size - 1)
         rgb = views.views[view][:, row, col].T / 255.0
-        seen = cam[:, 2] <= splats.depth[row, col] + tolerance
+        seen = depth[view] <= splats.depth[row, col] + tolerance
         centre = -w2c[:3, :3].T @ w2c[:3, 3]
         towards = centre[None] - points
         facing = np.einsum("pk,pk->p", normals, towards) / np.linalg.norm(towards, axis=1)
