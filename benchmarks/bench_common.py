@@ -9,12 +9,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """Cores, load and platform of this machine, plus what a benchmark adds (library versions)."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average_1_5_15": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **extra,
+    }
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,24 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import print_notes, print_table, write_report
+from bench_common import machine_info, print_notes, print_table, write_report
 
 from cache_schema import CacheReader
 from stages.keypoints.checkpoint import load_run
-from stages.manipulation.check import draw_frame_pairs, ground_truth_keypoints, score_pair
-from stages.manipulation.keypoints import learned_adjacency, predict_sample_keypoints
+from stages.manipulation.check import (
+    draw_frame_pairs,
+    ground_truth_keypoints,
+    mean_scores,
+    pair_keypoints,
+    score_pair,
+)
+from stages.manipulation.keypoints import learned_adjacency
 from stages.manipulation.reconstruct import reconstruct_visual_hull
 from stages.manipulation.render import render_views, silhouette_iou
 from stages.manipulation.sample import ObjectViews, read_object_views
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def views_subset(views: ObjectViews, keep: list[int]) -> ObjectViews:
@@ -143,15 +138,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         first, second = read_object_views(args.cache, a), read_object_views(args.cache, b)
         gaussians = reconstruct_visual_hull(first).gaussians
         record: dict[str, Any] = {"index": [a, b]}
-        record["predicted"], _ = score_pair(
-            gaussians,
-            predict_sample_keypoints(run, args.cache, a),
-            predict_sample_keypoints(run, args.cache, b),
-            adjacency,
-            second,
-        )
+        for name, (joints_a, joints_b, weights) in pair_keypoints(
+            run, args.cache, a, b, adjacency, truth
+        ).items():
+            record[name], _ = score_pair(gaussians, joints_a, joints_b, weights, second)
         if truth is not None:
-            record["ground_truth"], _ = score_pair(gaussians, truth[0][a], truth[0][b], truth[1], second)
             # How fast the transfer degrades with keypoint error: independent noise per frame.
             for sigma in args.noise:
                 noisy_a = truth[0][a] + rng.normal(scale=sigma, size=truth[0][a].shape)
@@ -160,9 +151,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     gaussians, noisy_a, noisy_b, truth[1], second
                 )
         records.append(record)
-    sources = [s for s in records[0] if s != "index"]
-    metrics = ("iou_undeformed", "iou_rigid", "iou_deformed", "keypoint_residual")
-    check_mean = {s: {m: float(np.mean([r[s][m] for r in records])) for m in metrics} for s in sources}
+    check_mean = mean_scores(records)
+    sources = list(check_mean)
     wins = {s: int(sum(r[s]["iou_deformed"] > r[s]["iou_undeformed"] for r in records)) for s in sources}
     print_table(
         f"Pose transfer over {len(records)} pairs of one clip {args.min_gap}-{args.max_gap} s apart: "

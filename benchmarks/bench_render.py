@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench_common import print_notes, print_table, time_cluster_start, timed, write_report
+from bench_common import machine_info, print_notes, print_table, time_cluster_start, timed, write_report
 
 from pipeline.backends import RenderBackendSpec
 from pipeline.generate import GenerateJob, run_generate
@@ -37,19 +36,6 @@ from stages.synthetic.world import SyntheticWorldConfig
 
 CATEGORIES = ("humanoid", "quadruped")
 DEFAULTS = {"humanoid_samples": 2000, "quadruped_samples": 1000, "bare_samples": 100, "resolution": 128}
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average_1_5_15": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "pybullet": version("pybullet"),
-        "zarr": version("zarr"),
-        "dask": version("dask"),
-    }
 
 
 def bench_bare(category: str, config: GenerationConfig, samples: int) -> dict[str, Any]:
@@ -127,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     config = GenerationConfig(resolution=args.resolution)
-    machine = machine_info()
+    machine = machine_info(pybullet=version("pybullet"), zarr=version("zarr"), dask=version("dask"))
     sizes = {"humanoid": args.humanoid_samples, "quadruped": args.quadruped_samples}
     print(f"KeyDiff3D synthetic-world benchmark, {date}")
     print(

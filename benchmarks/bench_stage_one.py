@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -32,7 +31,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numcodecs  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_common import print_notes, print_table, time_cluster_start, timed, write_report  # noqa: E402
+from bench_common import (  # noqa: E402
+    machine_info,
+    print_notes,
+    print_table,
+    time_cluster_start,
+    timed,
+    write_report,
+)
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
@@ -106,19 +112,15 @@ def copy_example_images(folder: Path, count: int) -> Path:
     return folder
 
 
-def machine_info() -> dict[str, Any]:
+def stage_one_machine() -> dict[str, Any]:
     cuda = torch.cuda.is_available()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numcodecs": numcodecs.__version__,
-        "cuda_available": cuda,
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "torch_threads": THREADS,
-    }
+    return machine_info(
+        torch=torch.__version__,
+        numcodecs=numcodecs.__version__,
+        cuda_available=cuda,
+        device=torch.cuda.get_device_name(0) if cuda else "cpu",
+        torch_threads=THREADS,
+    )
 
 
 # --------------------------------------------------------------------------- 1. throughput
@@ -760,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     config = GenerationConfig(orbit=OrbitConfig(num_frames=args.frames), num_inference_steps=args.steps)
-    machine = machine_info()
+    machine = stage_one_machine()
     print(f"KeyDiff3D stage-one benchmark, {date}")
     print(f"machine: {machine['cpu_count']} cores, torch {machine['torch']}, device {machine['device']}")
     print(

@@ -18,7 +18,13 @@ from pipeline.manipulate_report import labelled, overlay_sheet, render_row, save
 from stages.devices import resolve_device
 from stages.errors import StageError
 from stages.keypoints.checkpoint import load_run
-from stages.manipulation.check import draw_frame_pairs, ground_truth_keypoints, score_pair
+from stages.manipulation.check import (
+    draw_frame_pairs,
+    ground_truth_keypoints,
+    mean_scores,
+    pair_keypoints,
+    score_pair,
+)
 from stages.manipulation.errors import ManipulationError
 from stages.manipulation.gaussians import Gaussians
 from stages.manipulation.keypoints import learned_adjacency, predict_sample_keypoints
@@ -237,28 +243,17 @@ def check_command(
         for a, b in tqdm(chosen, desc="pairs", unit="pair"):
             first, second = read_object_views(cache, a), read_object_views(cache, b)
             gaussians = reconstruct_visual_hull(first).gaussians
-            sources = {
-                "predicted": (
-                    predict_sample_keypoints(run, cache, a),
-                    predict_sample_keypoints(run, cache, b),
-                    adjacency,
-                )
-            }
-            if truth is not None:
-                sources["ground_truth"] = (truth[0][a], truth[0][b], truth[1])
             record: dict = {"sample_a": first.sample_id, "sample_b": second.sample_id, "index": [a, b]}
-            for name, (joints_a, joints_b, weights) in sources.items():
+            for name, (joints_a, joints_b, weights) in pair_keypoints(
+                run, cache, a, b, adjacency, truth
+            ).items():
                 record[name], result = score_pair(gaussians, joints_a, joints_b, weights, second)
                 ious = {"undeformed": result.undeformed, "rigid": result.rigid, "deformed": result.deformed}
                 save_png(overlay_sheet(result.masks, ious, second.masks), out / f"pair_{a}_{b}_{name}.png")
             records.append(record)
     except (StageError, CacheError, ValueError) as exc:
         fail(str(exc))
-    summary = {
-        name: {key: float(np.mean([r[name][key] for r in records])) for key in records[0][name]}
-        for name in records[0]
-        if name in ("predicted", "ground_truth")
-    }
+    summary = mean_scores(records)
     path = _write_json(
         out / "check.json",
         {"run": str(run.checkpoint), "cache": str(cache), "pairs": records, "mean": summary},

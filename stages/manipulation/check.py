@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from cache_schema import CacheReader
+from stages.keypoints.checkpoint import TrainedRun
 from stages.manipulation.errors import ManipulationError
 from stages.manipulation.frame_pairs import clip_moments, same_clip_pairs
 from stages.manipulation.gaussians import Gaussians
+from stages.manipulation.keypoints import predict_sample_keypoints
 from stages.manipulation.rig import RigConfig, build_rig, length_stability_adjacency
 from stages.manipulation.sample import ObjectViews
 from stages.manipulation.transfer import TransferResult, transfer_pose
@@ -64,3 +66,35 @@ def score_pair(
         "keypoint_residual": float(np.linalg.norm(result.transforms.joints - joints_b, axis=1).mean()),
     }
     return scores, result
+
+
+def pair_keypoints(
+    run: TrainedRun,
+    cache: str,
+    a: int,
+    b: int,
+    adjacency: np.ndarray,
+    truth: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Keypoints (N, 3) of samples a and b and the adjacency each rig of the check uses:
+    'predicted' (the run's keypoints and learned adjacency) and, when `truth` (from
+    `ground_truth_keypoints`) is given, 'ground_truth'."""
+    sources = {
+        "predicted": (
+            predict_sample_keypoints(run, cache, a),
+            predict_sample_keypoints(run, cache, b),
+            adjacency,
+        )
+    }
+    if truth is not None:
+        sources["ground_truth"] = (truth[0][a], truth[0][b], truth[1])
+    return sources
+
+
+def mean_scores(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Per keypoint source, the mean of every score of `score_pair` over the pair records."""
+    sources = [name for name, value in records[0].items() if isinstance(value, dict)]
+    return {
+        name: {key: float(np.mean([r[name][key] for r in records])) for key in records[0][name]}
+        for name in sources
+    }
