@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.train_cli import app  # noqa: E402
 from stages.config import GenerationConfig  # noqa: E402
 from stages.evaluation.evaluate import EvalConfig, mean_pose_baseline, regress_and_score  # noqa: E402
-from stages.evaluation.supervised import train_supervised  # noqa: E402
+from stages.evaluation.supervised import SupervisedLosses, train_supervised  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
@@ -91,8 +92,48 @@ def test_supervised_upper_bound_moves_keypoints_towards_the_joints(split_caches)
     joints = len(CacheReader(split_caches["train"]).layout.ground_truth.joint_names)
     config = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": joints, "steps": 30, "batch_size": 4})
     losses = []
-    train_supervised(config, [split_caches["train"]], lambda step, loss: losses.append(loss))
+    distance_only = SupervisedLosses(voxel_ce=0.0, heatmap_ce=0.0)
+    train_supervised(config, [split_caches["train"]], lambda step, loss: losses.append(loss), distance_only)
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_dense_supervised_losses_bring_predictions_closer_to_the_joints(split_caches):
+    from cache_schema import CacheReader
+    from stages.keypoints.predict import predict_cache
+
+    reader = CacheReader(split_caches["train"])
+    joints = len(reader.layout.ground_truth.joint_names)
+    config = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": joints, "steps": 40, "batch_size": 4})
+    errors = []
+    for steps in (1, 40):
+        model = train_supervised(dataclasses.replace(config, steps=steps), [split_caches["train"]])
+        predicted = predict_cache(model, split_caches["train"], config.num_views)
+        truth = reader.read_ground_truth(predicted["index"].tolist())["joints_3d"]
+        errors.append(np.linalg.norm(predicted["keypoints_3d"] - truth, axis=-1).mean())
+    assert errors[1] < 0.9 * errors[0], errors
+
+
+def test_voxel_and_heatmap_cross_entropies_are_lowest_at_the_joint():
+    import torch
+
+    from stages.evaluation.supervised import heatmap_cross_entropy, voxel_cross_entropy
+    from stages.keypoints.geometry import voxel_centres
+
+    centres = voxel_centres(8, 1.0)
+    joint = centres[2, 5, 3].reshape(1, 1, 3)
+    peaked = torch.zeros(1, 1, 8, 8, 8)
+    scores = []
+    for index in ((2, 5, 3), (6, 1, 1)):
+        logits = peaked.clone()
+        logits[(0, 0, *index)] = 10.0
+        probabilities = torch.softmax(logits.flatten(2), -1).reshape(logits.shape)
+        scores.append(float(voxel_cross_entropy(probabilities, centres, joint, 0.25)))
+    assert scores[0] < scores[1]
+    logits = torch.zeros(1, 1, 1, 8, 8)
+    logits[0, 0, 0, 4, 2] = 10.0  # row 4, column 2: pixel centre (2.5, 4.5)
+    near = heatmap_cross_entropy(logits, torch.tensor([[[[2.5, 4.5]]]]), 0.5)
+    far = heatmap_cross_entropy(logits, torch.tensor([[[[6.5, 0.5]]]]), 0.5)
+    assert near < far
 
 
 def test_eval_in_2d_reports_the_error_normalised_by_image_size(split_caches, tmp_path):

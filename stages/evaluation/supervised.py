@@ -7,11 +7,13 @@ trainer (stages/keypoints/training.py), which must never read it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stages.keypoints import geometry
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import CacheTrainingSet, batch_indices
 from stages.keypoints.losses import model_inputs
@@ -35,30 +37,109 @@ class GroundTruthTrainingSet(CacheTrainingSet):
         return batch
 
 
+@dataclass(frozen=True)
+class SupervisedLosses:
+    """Weights of the supervised terms; dense terms give every voxel and pixel a target.
+
+    The squared distance of the soft-argmax alone only says where the mean of each
+    keypoint's distribution should move; a network that cannot yet tell the left wrist
+    from the right hedges at their midpoint, where the squared error is lowest. Cross-
+    entropy against a peak at the joint rewards committing to one of them.
+    """
+
+    distance: float = 1.0
+    """Mean squared 3D distance of keypoint j to joint j, in units of the volume half extent."""
+    voxel_ce: float = 1.0
+    """Cross-entropy of each keypoint's voxel distribution against a Gaussian at its joint."""
+    heatmap_ce: float = 1.0
+    """Cross-entropy of per-view 2D joint heatmaps (an auxiliary head on the view features)
+    against a Gaussian at the joint's projection: supervises the features view by view."""
+    voxel_sigma: float = 1.0
+    """Width of the voxel target, in voxels."""
+    heatmap_sigma: float = 1.0
+    """Width of the 2D target, in feature pixels."""
+
+    def __post_init__(self) -> None:
+        for name in ("distance", "voxel_ce", "heatmap_ce"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.voxel_sigma > 0 and self.heatmap_sigma > 0):
+            raise ValueError("voxel_sigma and heatmap_sigma must be > 0")
+
+
+def _soft_target(distance_sq: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A normalised Gaussian over the last axis from squared distances (..., P)."""
+    logits = -distance_sq / (2.0 * sigma**2)
+    return torch.softmax(logits, dim=-1)
+
+
+def voxel_cross_entropy(
+    probabilities: torch.Tensor, centres: torch.Tensor, joints: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """probabilities (B, J, M, M, M), centres (M, M, M, 3), joints (B, J, 3); sigma in world units."""
+    flat = probabilities.flatten(2)
+    distance_sq = ((centres.reshape(1, 1, -1, 3) - joints[:, :, None]) ** 2).sum(-1)
+    target = _soft_target(distance_sq, sigma)
+    return -(target * torch.log(flat.clamp_min(1e-12))).sum(-1).mean()
+
+
+def heatmap_cross_entropy(logits: torch.Tensor, uv: torch.Tensor, sigma: float) -> torch.Tensor:
+    """logits (B, V, J, h, w); uv (B, V, J, 2) in pixels of the h x w map; sigma in those pixels."""
+    h, w = logits.shape[-2:]
+    u = torch.arange(w, dtype=uv.dtype) + 0.5
+    v = torch.arange(h, dtype=uv.dtype) + 0.5
+    distance_sq = (v[:, None] - uv[..., 1, None, None]) ** 2 + (u[None, :] - uv[..., 0, None, None]) ** 2
+    target = _soft_target(distance_sq.flatten(-2), sigma)
+    return -(target * torch.log_softmax(logits.flatten(-2), dim=-1)).sum(-1).mean()
+
+
 def train_supervised(
     config: StageTwoConfig,
     caches: Sequence[Path],
     progress: Callable[[int, float], None] | None = None,
+    losses: SupervisedLosses = SupervisedLosses(),
 ) -> KeyDiff3DModel:
     """Train features, head, lifting and V2V to put keypoint j on ground-truth joint j.
 
-    config.num_keypoints must equal the number of ground-truth joints. The loss is the
-    mean squared distance in units of the volume's half extent. progress(step, loss).
+    config.num_keypoints must equal the number of ground-truth joints. progress(step, loss).
     """
     model, _ = build_model(config, tuple(caches))
     dataset = GroundTruthTrainingSet(
-        caches, config.num_views, config.render_size, config.feature_source == "diffusion"
+        caches,
+        config.num_views,
+        config.render_size,
+        config.feature_source == "diffusion",
+        feature_view_size=model.config.pixel_input_size,
     )
-    optimizer = torch.optim.AdamW(model.keypoint_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        joint_head = torch.nn.Conv2d(config.feature_channels, config.num_keypoints, 1)
+    optimizer = torch.optim.AdamW(
+        model.keypoint_parameters() + list(joint_head.parameters()),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
     extent = model.config.volume_half_extent
+    voxel = 2.0 * extent / model.config.volume_size
     model.train()
     for step in range(config.steps):
         rows = batch_indices(len(dataset), config.batch_size, config.seed, step).tolist()
         batch = dataset.__getitems__(rows)
-        keypoints, _ = model.predict_keypoints(
-            model_inputs(model, batch), batch["intrinsics"], batch["world_to_camera"]
-        )
-        loss = (((keypoints - batch["joints_3d"]) / extent) ** 2).sum(-1).mean()
+        intrinsics, world_to_camera, joints = batch["intrinsics"], batch["world_to_camera"], batch["joints_3d"]
+        features = model.view_features(model_inputs(model, batch))
+        volume = model.lift(features, intrinsics, world_to_camera)
+        keypoints, probabilities = geometry.soft_argmax_3d(model.volume_net(volume), model.voxel_centres)
+        loss = losses.distance * (((keypoints - joints) / extent) ** 2).sum(-1).mean()
+        if losses.voxel_ce > 0:
+            loss = loss + losses.voxel_ce * voxel_cross_entropy(
+                probabilities, model.voxel_centres, joints, losses.voxel_sigma * voxel
+            )
+        if losses.heatmap_ce > 0:
+            b, v = features.shape[:2]
+            logits = joint_head(features.flatten(0, 1)).unflatten(0, (b, v))
+            scale = features.shape[-1] / model.config.image_size
+            uv, _ = geometry.project_to_views(joints, intrinsics, world_to_camera)
+            loss = loss + losses.heatmap_ce * heatmap_cross_entropy(logits, uv * scale, losses.heatmap_sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -10,6 +10,7 @@ from stages.errors import ConfigError
 
 FEATURE_SOURCES = ("diffusion", "pixels")
 AGGREGATIONS = ("softmax", "mean")
+PIXEL_ENCODERS = ("shallow", "deep")
 PERCEPTUAL_KINDS = ("vgg", "ssim")
 
 
@@ -33,6 +34,12 @@ class StageTwoConfig:
     at the orbit centre, radius * tan(fov / 2), read from the cache's cameras."""
     feature_source: str = "diffusion"
     """'diffusion' (the cached UNet decoder features) or 'pixels' (a small CNN over the views)."""
+    pixel_encoder: str = "shallow"
+    """For feature_source 'pixels': 'shallow' (3 convs, a 13 px receptive field) or 'deep'
+    (strided and dilated residual convs, a receptive field wider than the figure)."""
+    pixel_input_size: int = 0
+    """Side at which the pixel encoder reads the views; 0: render_size. The cache's own
+    resolution keeps the thin parts (arms) that shrinking to render_size blurs away."""
     feature_channels: int = 64
     """C', channels of each hyperfeature bottleneck (and of the pixel CNN)."""
     feature_size: int = 72
@@ -51,10 +58,22 @@ class StageTwoConfig:
     """Width of the per-keypoint Gaussian heatmaps, pixels at render_size."""
     decoder_channels: int = 64
     """Base channels of the reconstruction network (appearance encoder and decoder)."""
+    appearance_transport: bool = False
+    """Also paint, in every view k, each keypoint's appearance sampled where it projects in
+    view 0, at its projection in view k: a keypoint that stays on one part pays off."""
+    adjacency_init: float = 0.0
+    """Initial logit of every learned edge weight (w_ij = softplus(logit)); AutoLink starts
+    near -4 so that edges begin almost absent and only the useful ones grow."""
+    adjacency_lr_scale: float = 1.0
+    """Learning-rate multiplier of the edge logits (AutoLink uses a large one), which get no
+    weight decay when it is not 1."""
     perceptual: str = "vgg"
     """'vgg' (VGG16 ImageNet features, the paper) or 'ssim' (explicit fallback, no weights)."""
     lambda_perceptual: float = 1.0
     lambda_mask: float = 0.5
+    lambda_colour: float = 0.0
+    """Weight of an L1 pixel term beside the perceptual one: SSIM alone barely tells a part's
+    colour from another's, so the wrong part in the right place costs it little."""
     lambda_rotation: float = 0.0
     """Weight of the optional consistency loss under random 3D rotations (0: off)."""
     augment_rotation_deg: float = 10.0
@@ -82,6 +101,11 @@ class StageTwoConfig:
         _choice("feature_source", self.feature_source, FEATURE_SOURCES)
         _choice("aggregation", self.aggregation, AGGREGATIONS)
         _choice("perceptual", self.perceptual, PERCEPTUAL_KINDS)
+        _choice("pixel_encoder", self.pixel_encoder, PIXEL_ENCODERS)
+        if self.pixel_input_size < 0:
+            raise ConfigError(f"pixel_input_size must be >= 0, got {self.pixel_input_size}")
+        if not self.adjacency_lr_scale > 0:
+            raise ConfigError(f"adjacency_lr_scale must be > 0, got {self.adjacency_lr_scale}")
         for name in ("num_keypoints", "num_views", "volume_size", "batch_size", "steps", "render_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

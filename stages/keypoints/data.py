@@ -103,10 +103,20 @@ class StepBatchSampler(torch.utils.data.Sampler):
 class CacheTrainingSet(torch.utils.data.Dataset):
     """Done samples of several caches as one indexable set; fetches whole batches at once."""
 
-    def __init__(self, paths: Sequence[Path], num_views: int, render_size: int, with_features: bool):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        num_views: int,
+        render_size: int,
+        with_features: bool,
+        feature_view_size: int = 0,
+    ):
+        """feature_view_size: when > 0 and not render_size, batches also hold 'feature_views',
+        the views at that side, for a pixel encoder that reads them at another resolution."""
         self.paths = [Path(p) for p in paths]
         self.num_views = num_views
         self.render_size = render_size
+        self.feature_view_size = feature_view_size
         self.with_features = with_features
         readers = [CacheReader(p) for p in self.paths]
         self.items = np.array(
@@ -130,6 +140,7 @@ class CacheTrainingSet(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """A batch: views (B, V, 3, R, R) and masks (B, V, R, R) in [0, 1] at render size,
+        'feature_views' (B, V, 3, S, S) when feature_view_size asks for them,
         intrinsics (B, V, 3, 3) and world_to_camera (B, V, 4, 4) at the cache's image size,
         feature layers 'features/...' (B, V, C_l, h_l, w_l) float16, 'index' (B,)."""
         readers = self._open()
@@ -149,8 +160,13 @@ class CacheTrainingSet(torch.utils.data.Dataset):
         inverse = np.argsort(np.concatenate(order))
         k = self.num_views
         batch = {name: np.concatenate(chunks)[inverse][:, :k] for name, chunks in parts.items()}
+        views = torch.from_numpy(batch["views"]).float() / 255.0
+        extra = {}
+        if self.feature_view_size and self.feature_view_size != self.render_size:
+            extra["feature_views"] = _resize(views, self.feature_view_size)
         return {
-            "views": _resize(torch.from_numpy(batch["views"]).float() / 255.0, self.render_size),
+            **extra,
+            "views": _resize(views, self.render_size),
             "view_masks": _resize(
                 torch.from_numpy(batch["view_masks"]).float().unsqueeze(2), self.render_size
             )[:, :, 0],

@@ -66,3 +66,34 @@ class ViewDecoder(nn.Module):
         x = self.up2(torch.cat([F.interpolate(x, scale_factor=2.0), s2], dim=1))
         x = self.up1(torch.cat([F.interpolate(x, scale_factor=2.0), s1], dim=1))
         return torch.sigmoid(self.output(x)).unflatten(0, (b, v))
+
+
+class AppearanceTransport(nn.Module):
+    """Each keypoint's appearance where it projects in view 0, painted where it projects in view k.
+
+    The decoder otherwise sees the input's appearance only at its 1/8-resolution bottleneck,
+    so nothing tells it which colour belongs at a keypoint: a keypoint that moves between
+    parts from view to view costs nothing. Painting makes it cost: a keypoint whose
+    projections land on the same part in every view carries that part's colour to the right
+    place, and one that slides off it paints the wrong colour there.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, view0: torch.Tensor, uv0: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+        """view0 (B, 3, H, W) in [0, 1]; uv0 (B, N, 2) pixels of the keypoints in view 0;
+        heatmaps (B, V, N, H, W) of the keypoints in every view. Returns (B, V, T, H, W)."""
+        features = self.layers(view0 * 2.0 - 1.0)
+        size = torch.tensor(view0.shape[-1:-3:-1], dtype=uv0.dtype, device=uv0.device)
+        grid = (uv0 / size * 2.0 - 1.0).unsqueeze(1)  # (B, 1, N, 2), align_corners=False
+        sampled = F.grid_sample(features, grid, align_corners=False, padding_mode="border")[:, :, 0]
+        # (B, T, N) -> per view, sum_n heatmap_n * feature_n, normalised where heatmaps overlap.
+        painted = torch.einsum("bvnhw,btn->bvthw", heatmaps, sampled)
+        return painted / heatmaps.sum(dim=2, keepdim=True).clamp_min(1.0)

@@ -67,6 +67,51 @@ class PixelEncoder(nn.Module):
         return out.unflatten(0, (b, v))
 
 
+class _DilatedResidual(nn.Module):
+    """x + conv3x3(dilation d)(x): widens the receptive field at a fixed resolution."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.norm = nn.GroupNorm(8, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.norm(self.conv(x)))
+
+
+class DeepPixelEncoder(nn.Module):
+    """Views -> features with a receptive field wider than the figure.
+
+    Two stride-2 convs bring the view to a quarter of its side, then residual convs
+    dilated 1, 2, 4 and 8 see about 127 input pixels: enough to know which arm a pixel
+    belongs to from where the head and the other limbs are. The shallow encoder sees
+    13 pixels, which tells an arm from the background but not left from right.
+    """
+
+    def __init__(self, out_channels: int, out_size: int):
+        super().__init__()
+        self.out_size = out_size
+        mid = max(out_channels // 2, 16)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, mid, 3, stride=2, padding=1),
+            nn.GroupNorm(8, mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, out_channels, 3, stride=2, padding=1),
+            nn.GroupNorm(8, out_channels),
+            nn.ReLU(),
+        )
+        self.context = nn.Sequential(*(_DilatedResidual(out_channels, d) for d in (1, 2, 4, 8)))
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        """views (B, V, 3, H, W) in [0, 1]. Returns (B, V, C', h, w), h = w = out_size."""
+        if views.ndim != 5 or views.shape[2] != 3:
+            raise ShapeError(f"views: expected (B, V, 3, H, W), got {tuple(views.shape)}")
+        b, v = views.shape[:2]
+        out = self.context(self.stem(views.flatten(0, 1) * 2.0 - 1.0))
+        out = F.interpolate(out, size=(self.out_size, self.out_size), mode="bilinear")
+        return out.unflatten(0, (b, v))
+
+
 class KeypointHead(nn.Module):
     """phi_kp: per-view keypoint features plus one view-attention logit per pixel."""
 

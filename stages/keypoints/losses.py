@@ -32,7 +32,7 @@ def model_inputs(model: KeyDiff3DModel, batch: dict[str, torch.Tensor]) -> list[
     """The cached feature layers, in layer order, or the views for the pixel encoder."""
     if model.config.feature_source == "diffusion":
         return [batch[name] for name in sorted(k for k in batch if k.startswith("features/"))]
-    return batch["views"]
+    return batch.get("feature_views", batch["views"])
 
 
 def mask_loss(edges: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -60,12 +60,14 @@ def training_losses(
     appearance = random_affine(
         views[:, 0], generator, config.augment_rotation_deg, config.augment_scale, config.augment_translate
     )
-    reconstruction = model.reconstruct(structure, appearance)
+    reconstruction = model.reconstruct(structure, appearance, views[:, 0], uv)
     terms = {
         "perceptual": config.lambda_perceptual
         * perceptual(reconstruction.flatten(0, 1).float(), views.flatten(0, 1)),
         "mask": config.lambda_mask * mask_loss(edges.float(), masks),
     }
+    if config.lambda_colour > 0:
+        terms["colour"] = config.lambda_colour * (reconstruction.float() - views).abs().mean()
     if config.lambda_rotation > 0:
         rotation = random_z_rotations(len(views), generator).to(keypoints)
         rotated, _ = model.predict_keypoints(inputs, intrinsics, rotate_cameras(world_to_camera, rotation))

@@ -9,9 +9,13 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from stages.keypoints import geometry
-from stages.keypoints.decoder import AppearanceEncoder, ViewDecoder
-from stages.keypoints.features import HyperfeatureAggregator, KeypointHead, PixelEncoder
+from stages.keypoints.decoder import AppearanceEncoder, AppearanceTransport, ViewDecoder
+from stages.keypoints.features import DeepPixelEncoder, HyperfeatureAggregator, KeypointHead, PixelEncoder
 from stages.keypoints.v2v import V2VNet
+
+
+TRANSPORT_CHANNELS = 8
+"""T, channels of the per-keypoint appearance that AppearanceTransport carries between views."""
 
 
 class KeyDiff3DModel(ModelMixin, ConfigMixin):
@@ -35,30 +39,40 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         edge_sigma: float = 1.5,
         heatmap_sigma: float = 2.0,
         decoder_channels: int = 64,
+        pixel_encoder: str = "shallow",
+        pixel_input_size: int = 0,
+        appearance_transport: bool = False,
+        adjacency_init: float = 0.0,
     ):
         super().__init__()
         if feature_source == "diffusion":
             self.features = HyperfeatureAggregator(
                 tuple(feature_layer_channels), feature_channels, feature_size
             )
+        elif pixel_encoder == "deep":
+            self.features = DeepPixelEncoder(feature_channels, feature_size)
         else:
             self.features = PixelEncoder(feature_channels, feature_size)
         self.keypoint_head = KeypointHead(feature_channels, keypoint_channels)
         self.volume_net = V2VNet(keypoint_channels, num_keypoints, tuple(volume_channels))
         # Small random values break the symmetry between pairs from the first step.
-        self.adjacency = nn.Parameter(torch.randn(num_keypoints, num_keypoints) * 0.01)
+        self.adjacency = nn.Parameter(adjacency_init + torch.randn(num_keypoints, num_keypoints) * 0.01)
         self.appearance = AppearanceEncoder(decoder_channels)
-        self.decoder = ViewDecoder(num_keypoints + 1, decoder_channels)
+        self.transport = AppearanceTransport(TRANSPORT_CHANNELS) if appearance_transport else None
+        transported = TRANSPORT_CHANNELS if appearance_transport else 0
+        self.decoder = ViewDecoder(num_keypoints + 1 + transported, decoder_channels)
         centres = geometry.voxel_centres(volume_size, volume_half_extent)
         self.register_buffer("voxel_centres", centres, persistent=False)
 
-    def keypoint_parameters(self) -> list[nn.Parameter]:
+    def keypoint_parameters(self, with_adjacency: bool = True) -> list[nn.Parameter]:
         """The keypoint network (lr), as opposed to the reconstruction network (lr_reconstruction)."""
         parts = (self.features, self.keypoint_head, self.volume_net)
-        return [p for part in parts for p in part.parameters()] + [self.adjacency]
+        adjacency = [self.adjacency] if with_adjacency else []
+        return [p for part in parts for p in part.parameters()] + adjacency
 
     def reconstruction_parameters(self) -> list[nn.Parameter]:
-        return list(self.appearance.parameters()) + list(self.decoder.parameters())
+        parts = [self.appearance, self.decoder] + ([self.transport] if self.transport is not None else [])
+        return [p for part in parts for p in part.parameters()]
 
     def edge_weights(self) -> torch.Tensor:
         """w_ij = softplus(A_ij), symmetric, zero diagonal. Shape (N, N)."""
@@ -124,8 +138,22 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
             heatmaps = geometry.gaussian_heatmaps(uv.float(), size, size, self.config.heatmap_sigma)
         return edges, torch.cat([edges.unsqueeze(2), heatmaps], dim=2)
 
-    def reconstruct(self, structure: torch.Tensor, appearance_image: torch.Tensor) -> torch.Tensor:
-        """Structure (B, V, N + 1, H, W) and the input view (B, 3, H, W) -> views (B, V, 3, H, W)."""
+    def reconstruct(
+        self,
+        structure: torch.Tensor,
+        appearance_image: torch.Tensor,
+        view0: torch.Tensor | None = None,
+        uv: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Structure (B, V, N + 1, H, W) and the input view (B, 3, H, W) -> views (B, V, 3, H, W).
+
+        With appearance transport, also view0 (B, 3, H, W), the un-augmented input view at
+        render_size, and uv (B, V, N, 2), the keypoints' pixels at render_size."""
+        if self.transport is not None:
+            if view0 is None or uv is None:
+                raise ValueError("appearance transport needs view0 and uv")
+            painted = self.transport(view0, uv[:, 0], structure[:, :, 1:])
+            structure = torch.cat([structure, painted], dim=2)
         return self.decoder(structure, self.appearance(appearance_image))
 
 

@@ -84,6 +84,10 @@ def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDi
             edge_sigma=config.edge_sigma,
             heatmap_sigma=config.heatmap_sigma,
             decoder_channels=config.decoder_channels,
+            pixel_encoder=config.pixel_encoder,
+            pixel_input_size=config.pixel_input_size,
+            appearance_transport=config.appearance_transport,
+            adjacency_init=config.adjacency_init,
         )
     record = {
         "caches": [str(Path(c).resolve()) for c in caches],
@@ -94,6 +98,24 @@ def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDi
         "feature_layers": [layer.array_name for layer in summary.feature_layers],
     }
     return model, record
+
+
+def build_optimizer(model: KeyDiff3DModel, config: StageTwoConfig) -> torch.optim.AdamW:
+    """AdamW over the keypoint network (lr) and the reconstruction network (lr_reconstruction).
+
+    With adjacency_lr_scale != 1 the edge logits get their own group at lr * scale and no
+    weight decay: decay at such a rate would pull every logit back to 0, where all edges
+    are equally present."""
+    separate = config.adjacency_lr_scale != 1.0
+    groups = [
+        {"params": model.keypoint_parameters(with_adjacency=not separate), "lr": config.lr},
+        {"params": model.reconstruction_parameters(), "lr": config.lr_reconstruction},
+    ]
+    if separate:
+        groups.append(
+            {"params": [model.adjacency], "lr": config.lr * config.adjacency_lr_scale, "weight_decay": 0.0}
+        )
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -118,13 +140,7 @@ def fit(
     device = torch.device(resolve_device(job.device))
     perceptual = build_perceptual_loss(config.perceptual, job.vgg_weights).to(device)
     model, record = build_model(config, tuple(job.caches))
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.keypoint_parameters(), "lr": config.lr},
-            {"params": model.reconstruction_parameters(), "lr": config.lr_reconstruction},
-        ],
-        weight_decay=config.weight_decay,
-    )
+    optimizer = build_optimizer(model, config)
     start = _prepare_run_dir(job, model, optimizer, record)
     model.to(device).train()
     _move_optimizer_state(optimizer, device)
@@ -133,7 +149,11 @@ def fit(
         return summary
 
     dataset = CacheTrainingSet(
-        job.caches, config.num_views, config.render_size, config.feature_source == "diffusion"
+        job.caches,
+        config.num_views,
+        config.render_size,
+        config.feature_source == "diffusion",
+        feature_view_size=model.config.pixel_input_size,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
