@@ -144,6 +144,7 @@ def run_demo(
         },
         "results": record["results"],
         "baselines": record["baselines"],
+        "keypoint_consistency": record["keypoint_consistency"],
         "stage_two": stage_two.to_dict() | {"steps": total_steps},
         "files": {
             "train_cache": str(caches["train"]),
@@ -157,7 +158,8 @@ def run_demo(
         },
     }
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
-    report = _write_report(out, result, (eval_dir / "table.md").read_text())
+    tables = {name: (eval_dir / f"{name}.md").read_text() for name in ("table", "per_joint", "consistency")}
+    report = _write_report(out, result, tables)
     return DemoResult(report, result)
 
 
@@ -224,7 +226,8 @@ def _held_out_views(run_dir: Path, cache: Path, out: Path, samples: int = 3) -> 
     return write_keypoint_views(out, views, predicted["keypoints_2d"], weights, titles)
 
 
-def _write_report(out: Path, result: dict[str, Any], table: str) -> Path:
+def _write_report(out: Path, result: dict[str, Any], tables: dict[str, str]) -> Path:
+    """report.md from the summary and the evaluation's Markdown tables (table, per_joint, consistency)."""
     minutes = result["minutes"]
     files = {k: Path(v).resolve().relative_to(out.resolve()).as_posix() for k, v in result["files"].items()}
     text = f"""# KeyDiff3D demo: synthetic {result["category"]}
@@ -243,7 +246,10 @@ Budget {result["budget_minutes"]:g} min on {result["cpu_count"]} CPU cores; took
 
 ## Results on held-out clips
 
-{table}
+{tables["table"]}
+The flip-aware P-MPJPE scores each sample against the better of its ground truth and the
+ground truth with left and right swapped (as BKinD-3D reports it): discovered keypoints
+carry no side labels, so this separates "learned the pose" from "learned which side is left".
 The mean-pose row predicts the training set's mean pose for every sample: a method that
 learned nothing about pose scores about that. The Procrustes-mean row is the training poses'
 mean shape after similarity alignment: its P-MPJPE is what knowing the average body gives
@@ -275,6 +281,18 @@ Each view with its keypoints and skeleton, the view rebuilt from them, and the 3
 
 ![per-joint error]({files["eval"]}/joint_errors.png)
 
+P-MPJPE and flip-aware P-MPJPE per joint (mm):
+
+{tables["per_joint"]}
+## Keypoint consistency
+
+For each discovered keypoint and held-out sample, the ground-truth joint nearest to it in
+3D (no alignment). A keypoint that always sits on the same body part has consistency 1; a
+row split between a left and a right joint is a keypoint that confuses the sides.
+
+![keypoint consistency]({files["eval"]}/consistency.png)
+
+{tables["consistency"]}
 ## Files
 
 | what | where |

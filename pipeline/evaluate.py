@@ -10,7 +10,17 @@ from typing import Any
 import numpy as np
 
 from cache_schema import CacheError, CacheReader
-from pipeline.eval_report import TABLE_2D_HEADER, TABLE_HEADER, table_row, write_joint_errors, write_skeletons
+from pipeline.eval_report import (
+    TABLE_2D_HEADER,
+    TABLE_HEADER,
+    consistency_table,
+    per_joint_table,
+    table_row,
+    write_consistency_matrix,
+    write_joint_errors,
+    write_skeletons,
+)
+from stages.evaluation.consistency import keypoint_joint_consistency
 from stages.evaluation.evaluate import (
     EvalConfig,
     mean_pose_baseline,
@@ -79,6 +89,9 @@ def run_eval(
 ) -> dict[str, Any]:
     """Write metrics.json, table.md and PNGs into `out`; return the record.
 
+    In 3D also per_joint.md (P-MPJPE and flip-aware P-MPJPE per joint), consistency.md and
+    consistency.png (which joint each keypoint is nearest, on the test samples).
+
     space: '3d' (MPJPE family), '2d' (input-view error normalised by the image size), or
     'auto' (3d where the test cache has 3D ground truth).
     """
@@ -122,13 +135,16 @@ def run_eval(
             out / "joint_errors.png", names, [_per_joint_percent(result)], "error / image size (%)"
         )
     else:
-        results = regress_and_score(
-            train["keypoints_3d"], train_truth["joints"], test["keypoints_3d"], test_truth["joints"], config
-        )
         known, unseen = train_truth["joints"], test_truth["joints"]
+        results = regress_and_score(
+            train["keypoints_3d"], known, test["keypoints_3d"], unseen, config, joint_names=names
+        )
+        root = config.root_joint
         baselines = {
-            "mean pose (baseline)": mean_pose_baseline(known, unseen, config.root_joint),
-            "Procrustes mean shape (baseline)": procrustes_mean_baseline(known, unseen, config.root_joint),
+            "mean pose (baseline)": mean_pose_baseline(known, unseen, root, joint_names=names),
+            "Procrustes mean shape (baseline)": procrustes_mean_baseline(
+                known, unseen, root, joint_names=names
+            ),
         }
         rows = [r.summary() for r in results]
         record["results"] = rows
@@ -137,8 +153,21 @@ def run_eval(
         table += "".join(table_row(name, "-", "-", b.summary()) for name, b in baselines.items())
         best = min(results, key=lambda r: r.mpjpe.overall_mm)
         title = f"test samples, {best.regression} regression"
-        write_skeletons(out / "skeletons.png", best.predictions, test_truth["joints"], title)
+        write_skeletons(out / "skeletons.png", best.predictions, unseen, title)
         write_joint_errors(out / "joint_errors.png", names, rows)
+        labelled = {f"ours + {row['regression']}": row for row in rows}
+        labelled |= {name.removesuffix(" (baseline)"): b.summary() for name, b in baselines.items()}
+        (out / "per_joint.md").write_text(per_joint_table(names, labelled))
+        consistency = keypoint_joint_consistency(test["keypoints_3d"], unseen)
+        record["keypoint_consistency"] = consistency.to_dict(names)
+        (out / "consistency.md").write_text(consistency_table(record["keypoint_consistency"]))
+        write_consistency_matrix(
+            out / "consistency.png",
+            consistency.frequencies,
+            names,
+            f"nearest joint of each keypoint on {len(unseen)} test samples "
+            f"(mean consistency {consistency.mean_consistency:.2f})",
+        )
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     (out / "table.md").write_text(table)
     return record

@@ -72,8 +72,11 @@ def demo_command(
         name = row.get("method", f"ours + {row['regression']}")
         typer.echo(
             f"  {name:34s} MPJPE {row['mpjpe_mm']:7.1f}  N-MPJPE {row['n_mpjpe_mm']:7.1f}  "
-            f"P-MPJPE {row['p_mpjpe_mm']:7.1f} mm"
+            f"P-MPJPE {row['p_mpjpe_mm']:7.1f}  flip-aware {row['pf_mpjpe_mm']:7.1f} mm"
         )
+    typer.echo(
+        f"  keypoint consistency (mean over keypoints) {s['keypoint_consistency']['mean_consistency']:.2f}"
+    )
     typer.echo(f"  report:  {result.report}")
     for name, path in s["files"].items():
         typer.echo(f"  {name + ':':20s} {path}")

@@ -168,7 +168,8 @@ def eval_command(
     ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
 ) -> None:
-    """Map discovered keypoints to ground-truth joints and report MPJPE, N-MPJPE, P-MPJPE (mm)."""
+    """Map discovered keypoints to ground-truth joints and report MPJPE, N-MPJPE, P-MPJPE and
+    flip-aware P-MPJPE (mm), per joint too, and how consistently each keypoint stays on one joint."""
     from pipeline.evaluate import run_eval
     from stages.evaluation.evaluate import EvalConfig
 
@@ -184,7 +185,10 @@ def eval_command(
         fail(str(exc))
     typer.echo(f"train {record['train_samples']} samples, test {record['test_samples']} samples")
     typer.echo((out / "table.md").read_text().rstrip())
+    if "keypoint_consistency" in record:
+        mean = record["keypoint_consistency"]["mean_consistency"]
+        typer.echo(f"keypoint consistency (share of samples on its usual nearest joint), mean {mean:.2f}")
     written = ", ".join(
-        str(out / name) for name in ("metrics.json", "table.md", "skeletons.png", "joint_errors.png")
+        str(path) for path in sorted(out.iterdir()) if path.suffix in (".json", ".md", ".png")
     )
     typer.echo(f"wrote {written}")

@@ -46,7 +46,11 @@ def test_budgeted_demo_plans_its_steps_writes_the_report_and_resumes_to_the_same
     report = result.report.read_text()
     assert "| KeyDiff3D (ours) | 4 | 6 | linear |" in report and "| mean pose (baseline) |" in report
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(pictures) == 5
+    assert len(pictures) == 6 and any(p.endswith("consistency.png") for p in pictures)
+    assert "| flip-aware P-MPJPE (mm) |" in report and "| left_knee |" in report
+    assert "| keypoint | most often nearest joint | consistency |" in report
+    mean = summary["keypoint_consistency"]["mean_consistency"]
+    assert f"Mean consistency over keypoints: {mean:.2f}" in report
     for picture in pictures:
         assert (tmp_path / "demo" / picture).stat().st_size > 2000, picture
 
@@ -67,6 +71,8 @@ def test_demo_command_with_the_cpu_preset_prints_a_summary(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["stage_two"]["num_keypoints"] == 18
     assert all(np.isfinite(r["p_mpjpe_mm"]) for r in summary["results"])
+    assert all(r["pf_mpjpe_mm"] <= r["p_mpjpe_mm"] + 1e-9 for r in summary["results"] + summary["baselines"])
+    assert "flip-aware" in result.output and "keypoint consistency" in result.output
     assert str(out / "report.md") in result.output
 
 

@@ -52,9 +52,31 @@ def test_eval_writes_the_table_json_and_pictures(split_caches, tmp_path):
     record = json.loads((out / "metrics.json").read_text())
     assert (record["train_samples"], record["test_samples"]) == (12, 6)
     (ours,) = record["results"]
-    assert ours["regression"] == "linear" and len(ours["per_joint_mpjpe_mm"]) == len(record["joint_names"])
-    assert all(np.isfinite(ours[k]) for k in ("mpjpe_mm", "n_mpjpe_mm", "p_mpjpe_mm"))
+    names = record["joint_names"]
+    assert ours["regression"] == "linear" and len(ours["per_joint_mpjpe_mm"]) == len(names)
+    assert all(np.isfinite(ours[k]) for k in ("mpjpe_mm", "n_mpjpe_mm", "p_mpjpe_mm", "pf_mpjpe_mm"))
+    for row in [ours, *record["baselines"]]:
+        assert row["pf_mpjpe_mm"] <= row["p_mpjpe_mm"] + 1e-9 and 0.0 <= row["pf_swapped_fraction"] <= 1.0
+        assert len(row["per_joint_pf_mpjpe_mm"]) == len(names)
+        assert list(row["per_joint_by_name_mm"]) == names
+        knee = row["per_joint_by_name_mm"]["left_knee"]
+        assert knee["pf_mpjpe"] == row["per_joint_pf_mpjpe_mm"][names.index("left_knee")]
+    consistency = record["keypoint_consistency"]
+    assert len(consistency["per_keypoint"]) == 6 and np.shape(consistency["frequencies"]) == (6, len(names))
+    assert all(
+        k["nearest_joint"] in names and 1 / len(names) <= k["consistency"] <= 1
+        for k in consistency["per_keypoint"]
+    )
+    assert consistency["mean_consistency"] == pytest.approx(
+        np.mean([k["consistency"] for k in consistency["per_keypoint"]])
+    )
+    assert (out / "consistency.png").stat().st_size > 2000
+    assert "| left_knee |" in (out / "per_joint.md").read_text()
+    assert "| ours + linear P-MPJPE | ours + linear flip-aware |" in (out / "per_joint.md").read_text()
+    assert "most often nearest joint" in (out / "consistency.md").read_text()
+    assert "keypoint consistency" in result.output and "consistency.png" in result.output
     table = (out / "table.md").read_text()
+    assert "| flip-aware P-MPJPE (mm) |" in table
     assert "| KeyDiff3D (ours) | 4 | 6 | linear |" in table and "| mean pose (baseline) |" in table
     assert "| Procrustes mean shape (baseline) |" in table
     assert [b["method"] for b in record["baselines"]] == [
@@ -79,11 +101,22 @@ def test_regressors_beat_the_mean_pose_when_keypoints_carry_the_pose():
     joints = rng.normal(size=(200, 5, 3)) * 0.2
     mixing = rng.normal(size=(15, 24))
     keypoints = (joints.reshape(200, 15) @ mixing).reshape(200, 8, 3)  # an invertible linear code of the pose
+    names = ["centre", "left_hand", "right_hand", "left_foot", "right_foot"]
     results = regress_and_score(
-        keypoints[:150], joints[:150], keypoints[150:], joints[150:], EvalConfig(("linear",))
+        keypoints[:150],
+        joints[:150],
+        keypoints[150:],
+        joints[150:],
+        EvalConfig(("linear",)),
+        joint_names=names,
     )
-    baseline = mean_pose_baseline(joints[:150], joints[150:], 0)
+    baseline = mean_pose_baseline(joints[:150], joints[150:], 0, joint_names=names)
     assert results[0].mpjpe.overall_mm < 1e-3 < baseline.mpjpe.overall_mm
+    assert results[0].pf_mpjpe.overall_mm < 1e-3 and not results[0].pf_mpjpe.swapped.any()
+    # The mean pose has no side: for some samples the swapped labels fit it better.
+    assert baseline.pf_mpjpe.swapped.any() and baseline.pf_mpjpe.overall_mm < baseline.p_mpjpe.overall_mm
+    with pytest.raises(ValueError, match="joint_names must name the 5 joints"):
+        mean_pose_baseline(joints[:150], joints[150:], 0, joint_names=names[:4])
 
 
 def test_supervised_upper_bound_moves_keypoints_towards_the_joints(split_caches):
@@ -178,6 +211,10 @@ def test_procrustes_mean_sees_through_random_yaw_where_the_plain_mean_does_not()
     pose = rng.normal(size=(6, 3)) * 0.3
     rotations = random_z_rotations(40, __import__("torch").Generator().manual_seed(0)).numpy()
     poses = np.einsum("sij,nj->sni", rotations, pose) + rng.normal(size=(40, 1, 3)) * 0.1
-    shape = procrustes_mean_baseline(poses[:30], poses[30:], 0)
-    plain = mean_pose_baseline(poses[:30], poses[30:], 0)
+    names = [f"joint{j}" for j in range(6)]
+    shape = procrustes_mean_baseline(poses[:30], poses[30:], 0, joint_names=names)
+    plain = mean_pose_baseline(poses[:30], poses[30:], 0, joint_names=names)
     assert shape.p_mpjpe.overall_mm < 1e-3 < 50 < plain.p_mpjpe.overall_mm
+    # No side names, no pairs: flip-aware is plain P-MPJPE.
+    assert shape.pf_mpjpe.overall_mm == shape.p_mpjpe.overall_mm
+    assert plain.pf_mpjpe.overall_mm == plain.p_mpjpe.overall_mm

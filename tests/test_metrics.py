@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from stages.evaluation.errors import NonFiniteError, ShapeError
 from stages.evaluation.metrics import (
+    flip_aware_p_mpjpe,
     mpjpe,
     n_mpjpe,
     normalised_2d_error,
@@ -175,6 +177,67 @@ def test_p_mpjpe_is_per_sample():
     assert errors.per_sample_mm[1] == pytest.approx(0.0, abs=1e-6)
 
 
+# Flip-aware P-MPJPE
+
+SIDE_PAIRS = ((1, 2), (3, 5))
+"""Joints 1/2 and 3/5 of a 7-joint pose are left/right pairs; 0, 4 and 6 have no counterpart."""
+MIRROR = np.array([0, 2, 1, 5, 4, 3, 6])
+
+
+def similar(rng: np.random.Generator, poses: np.ndarray) -> np.ndarray:
+    """Each pose (S, J, 3) turned, scaled and moved by a random similarity: P-MPJPE forgives it."""
+    turned = np.stack([pose @ random_rotation(rng).T for pose in poses])
+    return turned * rng.uniform(0.5, 2.0, size=(len(poses), 1, 1)) + rng.normal(size=(len(poses), 1, 3))
+
+
+def test_flip_aware_equals_p_mpjpe_when_the_labels_are_already_right():
+    rng = np.random.default_rng(6)
+    gt = random_poses(rng, samples=5)
+    pred = similar(rng, gt) + rng.normal(scale=0.005, size=gt.shape)
+    plain, flip = p_mpjpe(pred, gt), flip_aware_p_mpjpe(pred, gt, SIDE_PAIRS)
+    assert 0.5 < plain.overall_mm == pytest.approx(flip.overall_mm, abs=1e-9)
+    np.testing.assert_allclose(flip.per_joint_mm, plain.per_joint_mm, atol=1e-9)
+    assert not flip.swapped.any() and flip.to_dict()["swapped_fraction"] == 0.0
+
+
+def test_flip_aware_is_zero_for_exactly_mirrored_labels_that_p_mpjpe_punishes():
+    rng = np.random.default_rng(7)
+    gt = random_poses(rng, samples=4)
+    pred = similar(rng, gt[:, MIRROR])
+    flip = flip_aware_p_mpjpe(pred, gt, SIDE_PAIRS)
+    assert flip.overall_mm == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(flip.per_joint_mm, 0.0, atol=1e-6)
+    assert flip.swapped.all() and p_mpjpe(pred, gt).overall_mm > 50.0
+
+
+def test_flip_aware_chooses_the_labelling_per_sample_and_reports_joints_under_that_choice():
+    rng = np.random.default_rng(8)
+    gt = random_poses(rng, samples=6)
+    mirrored = np.array([True, False, True, False, False, True])
+    labels = np.where(mirrored[:, None, None], gt[:, MIRROR], gt)
+    pred = similar(rng, labels) + rng.normal(scale=0.01, size=gt.shape)
+    flip = flip_aware_p_mpjpe(pred, gt, SIDE_PAIRS)
+    assert flip.swapped.tolist() == mirrored.tolist()
+    # Each sample scores as P-MPJPE against the labelling it was made from.
+    by_hand = np.linalg.norm(procrustes_aligned(pred, labels) - labels, axis=-1) * 1000.0  # (S, J) mm
+    np.testing.assert_allclose(flip.per_sample_mm, by_hand.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(flip.per_joint_mm, by_hand.mean(axis=0), rtol=1e-9)
+    assert flip.overall_mm == pytest.approx(by_hand.mean())
+    plain = p_mpjpe(pred, gt).per_sample_mm
+    assert np.all(flip.per_sample_mm <= plain + 1e-9) and np.all(
+        plain[mirrored] > 5 * flip.per_sample_mm[mirrored]
+    )
+
+
+def test_flip_aware_without_pairs_is_p_mpjpe_and_bad_pairs_are_refused():
+    rng = np.random.default_rng(9)
+    gt = random_poses(rng)
+    pred = similar(rng, gt[:, MIRROR])
+    assert flip_aware_p_mpjpe(pred, gt, ()).overall_mm == p_mpjpe(pred, gt).overall_mm
+    with pytest.raises(ValueError, match="pairs"):
+        flip_aware_p_mpjpe(pred, gt, ((0, 7),))
+
+
 # 2D error normalised by image size
 
 
@@ -211,7 +274,9 @@ def test_normalised_2d_error_per_sample_image_sizes():
 # Bad input
 
 
-@pytest.mark.parametrize("metric", [mpjpe, n_mpjpe, p_mpjpe])
+@pytest.mark.parametrize(
+    "metric", [mpjpe, n_mpjpe, p_mpjpe, functools.partial(flip_aware_p_mpjpe, pairs=((1, 2),))]
+)
 def test_bad_shapes_name_the_argument(metric):
     good = np.zeros((2, 4, 3))
     with pytest.raises(ShapeError, match=r"pred must have shape \(S, J, 3\)"):

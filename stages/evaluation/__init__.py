@@ -1,5 +1,7 @@
 """Evaluation: regress discovered keypoints onto ground-truth joints and measure pose errors.
 
-`metrics` (numpy only) holds MPJPE, N-MPJPE, P-MPJPE and the 2D error normalised by image
-size; `regressors` holds the linear and 2-hidden-layer MLP maps from keypoints to joints.
+`metrics` (numpy only) holds MPJPE, N-MPJPE, P-MPJPE, the flip-aware P-MPJPE and the 2D
+error normalised by image size; `joint_sides` finds left/right joint pairs from joint names;
+`consistency` measures how steadily each keypoint stays nearest one joint; `regressors`
+holds the linear and 2-hidden-layer MLP maps from keypoints to joints.
 """

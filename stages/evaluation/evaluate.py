@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from stages.evaluation.joint_sides import left_right_pairs
 from stages.evaluation.metrics import (
+    FlipAwareErrors,
     PoseErrors,
+    flip_aware_p_mpjpe,
     mpjpe,
     n_mpjpe,
     normalised_2d_error,
@@ -47,27 +51,62 @@ class RegressionResult:
     mpjpe: PoseErrors
     n_mpjpe: PoseErrors
     p_mpjpe: PoseErrors
+    pf_mpjpe: FlipAwareErrors
+    """P-MPJPE against the better of the truth and its left/right swap, per sample."""
     predictions: np.ndarray
+    joint_names: tuple[str, ...]
+    """(J,) names of the joints, in the order of the joint axis."""
 
     def summary(self) -> dict[str, Any]:
+        """JSON-able means (mm), per-joint lists in joint order and the same by joint name."""
+        per_joint = zip(
+            self.joint_names,
+            self.mpjpe.per_joint_mm,
+            self.p_mpjpe.per_joint_mm,
+            self.pf_mpjpe.per_joint_mm,
+            strict=True,
+        )
         return {
             "regression": self.regression,
             "mpjpe_mm": self.mpjpe.overall_mm,
             "n_mpjpe_mm": self.n_mpjpe.overall_mm,
             "p_mpjpe_mm": self.p_mpjpe.overall_mm,
+            "pf_mpjpe_mm": self.pf_mpjpe.overall_mm,
+            "pf_swapped_fraction": float(self.pf_mpjpe.swapped.mean()),
             "per_joint_mpjpe_mm": self.mpjpe.per_joint_mm.tolist(),
             "per_joint_p_mpjpe_mm": self.p_mpjpe.per_joint_mm.tolist(),
+            "per_joint_pf_mpjpe_mm": self.pf_mpjpe.per_joint_mm.tolist(),
+            "per_joint_by_name_mm": {
+                name: {"mpjpe": float(plain), "p_mpjpe": float(procrustes), "pf_mpjpe": float(flip)}
+                for name, plain, procrustes, flip in per_joint
+            },
         }
 
 
-def score(regression: str, predictions: np.ndarray, truth: np.ndarray, root_joint: int) -> RegressionResult:
-    """All three errors of predicted joints (S, J, 3) against the truth (S, J, 3)."""
+def score(
+    regression: str,
+    predictions: np.ndarray,
+    truth: np.ndarray,
+    root_joint: int,
+    *,
+    joint_names: Sequence[str],
+) -> RegressionResult:
+    """All four errors of predicted joints (S, J, 3) against the truth (S, J, 3).
+
+    joint_names (J,) name the joints; their left/right pairs (`left_right_pairs`) decide the
+    swap of the flip-aware P-MPJPE, which equals P-MPJPE where no name has a counterpart.
+    """
+    names = tuple(joint_names)
+    if len(names) != np.shape(truth)[1]:
+        raise ValueError(f"joint_names must name the {np.shape(truth)[1]} joints of truth, got {len(names)}")
     return RegressionResult(
         regression,
         mpjpe(predictions, truth),
         n_mpjpe(predictions, truth, root=root_joint),
         p_mpjpe(predictions, truth),
+        flip_aware_p_mpjpe(predictions, truth, left_right_pairs(names)),
         predictions,
+        names,
     )
 
 
@@ -77,8 +116,13 @@ def regress_and_score(
     test_keypoints: np.ndarray,
     test_joints: np.ndarray,
     config: EvalConfig,
+    *,
+    joint_names: Sequence[str],
 ) -> list[RegressionResult]:
-    """Fit each regressor keypoints (S, N, 3) -> joints (S, J, 3) on train, score it on test."""
+    """Fit each regressor keypoints (S, N, 3) -> joints (S, J, 3) on train, score it on test.
+
+    joint_names (J,) name the joints (for the flip-aware P-MPJPE's left/right pairs).
+    """
     x_train, x_test = flatten_keypoints(train_keypoints), flatten_keypoints(test_keypoints)
     y_train = flatten_keypoints(train_joints)
     joints = train_joints.shape[1]
@@ -89,16 +133,17 @@ def regress_and_score(
         )
         regressor.fit(x_train, y_train)
         predicted = unflatten_joints(regressor.predict(x_test), joints)
-        results.append(score(name, predicted, test_joints, config.root_joint))
+        results.append(score(name, predicted, test_joints, config.root_joint, joint_names=joint_names))
     return results
 
 
 def mean_pose_baseline(
-    train_joints: np.ndarray, test_joints: np.ndarray, root_joint: int
+    train_joints: np.ndarray, test_joints: np.ndarray, root_joint: int, *, joint_names: Sequence[str]
 ) -> RegressionResult:
-    """Predict the training set's mean pose (J, 3) for every test sample."""
+    """Predict the training set's mean pose (J, 3) for every test sample; joint_names (J,)."""
     mean = train_joints.mean(axis=0, keepdims=True)
-    return score("mean pose", np.repeat(mean, len(test_joints), axis=0), test_joints, root_joint)
+    predictions = np.repeat(mean, len(test_joints), axis=0)
+    return score("mean pose", predictions, test_joints, root_joint, joint_names=joint_names)
 
 
 def regress_and_score_2d(
@@ -133,7 +178,12 @@ def regress_and_score_2d(
 
 
 def procrustes_mean_baseline(
-    train_joints: np.ndarray, test_joints: np.ndarray, root_joint: int, iterations: int = 10
+    train_joints: np.ndarray,
+    test_joints: np.ndarray,
+    root_joint: int,
+    iterations: int = 10,
+    *,
+    joint_names: Sequence[str],
 ) -> RegressionResult:
     """Predict the training set's Procrustes mean shape: the baseline P-MPJPE should be read against.
 
@@ -141,7 +191,8 @@ def procrustes_mean_baseline(
     turns each figure to a random yaw) into a shrunken blob, which inflates its P-MPJPE.
     Here every training pose (S, J, 3) is aligned by similarity to the running mean
     (generalised Procrustes) before averaging. Only P-MPJPE is meaningful for this row:
-    the mean's frame is arbitrary, so its MPJPE and N-MPJPE are not comparable.
+    the mean's frame is arbitrary, so its MPJPE and N-MPJPE are not comparable (its
+    flip-aware P-MPJPE is: the swap is decided per sample after alignment). joint_names (J,).
     """
     mean = train_joints[0] - train_joints[0].mean(axis=0)
     for _ in range(iterations):
@@ -151,6 +202,5 @@ def procrustes_mean_baseline(
     scale = float(
         np.mean(np.linalg.norm(train_joints - train_joints.mean(axis=1, keepdims=True), axis=(1, 2)))
     )
-    return score(
-        "Procrustes mean", np.repeat((mean * scale)[None], len(test_joints), axis=0), test_joints, root_joint
-    )
+    predictions = np.repeat((mean * scale)[None], len(test_joints), axis=0)
+    return score("Procrustes mean", predictions, test_joints, root_joint, joint_names=joint_names)

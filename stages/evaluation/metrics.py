@@ -13,15 +13,21 @@ before the mean Euclidean joint distance is taken:
   s = sum_j <p_hat_j, p_j> / sum_j ||p_hat_j||^2 (Rhodin et al. 2018).
 - `p_mpjpe`: a per-sample similarity (rotation, uniform scale, translation) by Procrustes,
   with the reflection fix, so a mirrored pose is never "explained away".
+- `flip_aware_p_mpjpe`: P-MPJPE against the better, per sample, of the ground truth and the
+  ground truth with its left/right labels swapped (as BKinD-3D reports it): a keypoint
+  method cannot know which side is "left", so a regressor may learn a labelling that is
+  right up to the swap on some samples.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from stages.evaluation.joint_sides import label_swap_permutation
 from stages.evaluation.shapes import require_finite, require_shape
 
 MILLIMETRES_PER_METRE = 1000.0
@@ -46,6 +52,18 @@ class PoseErrors:
             "per_joint_mm": [float(v) for v in self.per_joint_mm],
             "per_sample_mm": [float(v) for v in self.per_sample_mm],
         }
+
+
+@dataclass(frozen=True, eq=False)
+class FlipAwareErrors(PoseErrors):
+    """`PoseErrors` under the labelling chosen per sample, and which labelling that was."""
+
+    swapped: np.ndarray
+    """(S,) bool, True where the left/right-swapped ground truth fitted better."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able numbers, with the share of samples scored against the swapped labels."""
+        return {**super().to_dict(), "swapped_fraction": float(self.swapped.mean())}
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,9 +102,14 @@ def _check_poses(pred: object, gt: object) -> tuple[np.ndarray, np.ndarray]:
     return pred_array, gt_array
 
 
+def _distances_mm(aligned: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(S, J) joint distances in millimetres of (S, J, 3) arrays in metres."""
+    return np.linalg.norm(aligned - gt, axis=-1) * MILLIMETRES_PER_METRE
+
+
 def _errors_mm(aligned: np.ndarray, gt: np.ndarray) -> PoseErrors:
     """Joint distances of (S, J, 3) arrays in metres, summarised in millimetres."""
-    distances = np.linalg.norm(aligned - gt, axis=-1) * MILLIMETRES_PER_METRE
+    distances = _distances_mm(aligned, gt)
     return PoseErrors(
         overall_mm=float(distances.mean()),
         per_joint_mm=distances.mean(axis=0),
@@ -192,6 +215,37 @@ def p_mpjpe(pred: np.ndarray, gt: np.ndarray) -> PoseErrors:
     """
     aligned = procrustes_aligned(pred, gt)
     return _errors_mm(aligned, np.asarray(gt, dtype=np.float64))
+
+
+def flip_aware_p_mpjpe(pred: np.ndarray, gt: np.ndarray, pairs: Sequence[tuple[int, int]]) -> FlipAwareErrors:
+    """P-MPJPE per sample against the better of the ground truth as is and left/right swapped.
+
+    For each sample the prediction is Procrustes-aligned to both labellings of its ground
+    truth; the one with the smaller mean joint error is kept (the unswapped one on a tie),
+    and every mean is taken over those per-sample choices. Joint j's error is that of
+    predicted joint j against the label it is compared with under the sample's choice
+    (under a swap, the true right knee for the predicted left knee). With no pairs this is
+    `p_mpjpe`.
+
+    Args:
+        pred: (S, J, 3) predicted joints, metres.
+        gt: (S, J, 3) ground-truth joints, metres.
+        pairs: left/right joint index pairs, e.g. `left_right_pairs(joint_names)`.
+    Returns:
+        Errors in millimetres, with the per-sample choice in `swapped`.
+    """
+    pred_array, gt_array = _check_poses(pred, gt)
+    mirrored_gt = gt_array[:, label_swap_permutation(pairs, gt_array.shape[1])]
+    as_is = _distances_mm(procrustes_aligned(pred_array, gt_array), gt_array)
+    mirrored = _distances_mm(procrustes_aligned(pred_array, mirrored_gt), mirrored_gt)
+    swapped = mirrored.mean(axis=1) < as_is.mean(axis=1)
+    distances = np.where(swapped[:, None], mirrored, as_is)
+    return FlipAwareErrors(
+        overall_mm=float(distances.mean()),
+        per_joint_mm=distances.mean(axis=0),
+        per_sample_mm=distances.mean(axis=1),
+        swapped=swapped,
+    )
 
 
 def normalised_2d_error(
