@@ -241,6 +241,19 @@ def test_rotation_consistency_and_single_view_variants_train(render_cache, tmp_p
     assert set(losses(tmp_path / "k1")[0]) == {"step", "perceptual", "mask", "total", "seconds"}
 
 
+def test_deep_full_resolution_encoder_transport_and_colour_train_and_predict(render_cache, tmp_path):
+    fields = {"steps": 2, "pixel_encoder": "deep", "pixel_input_size": 64, "appearance_transport": True}
+    config = StageTwoConfig(**{**TINY.to_dict(), **fields, "lambda_colour": 1.0})
+    fit(FitJob((render_cache,), tmp_path / "run", config))
+    assert "colour" in losses(tmp_path / "run")[0]
+    model = load_model(latest_checkpoint(tmp_path / "run"))
+    assert model.config.pixel_input_size == 64 and model.transport is not None
+    predicted = predict_cache(model, render_cache, config.num_views, limit=2)
+    assert predicted["keypoints_3d"].shape == (2, config.num_keypoints, 3)
+    batch = training.CacheTrainingSet([render_cache], 2, 32, False, feature_view_size=64).__getitems__([0])
+    assert batch["feature_views"].shape[-1] == 64 and batch["views"].shape[-1] == 32
+
+
 def test_mixed_precision_keeps_the_geometry_in_float32(render_cache):
     from stages.keypoints.data import CacheTrainingSet
     from stages.keypoints.losses import training_losses

@@ -38,6 +38,9 @@ def test_presets_follow_the_paper_and_round_trip_through_json():
         ({"num_keypoints": 1}, "num_keypoints"),
         ({"volume_size": 30, "volume_channels": (8, 16, 32, 64)}, "volume_size"),
         ({"render_size": 60}, "render_size"),
+        ({"pixel_encoder": "resnet"}, "pixel_encoder"),
+        ({"pixel_input_size": -1}, "pixel_input_size"),
+        ({"adjacency_lr_scale": 0.0}, "adjacency_lr_scale"),
     ],
 )
 def test_bad_config_fields_are_named(fields, needle):
@@ -108,3 +111,67 @@ def test_mask_loss_by_hand():
     assert mask_loss(edges, masks).item() == pytest.approx(0.25)
     assert mask_loss(masks, masks).item() == 0.0
     assert math.isfinite(mask_loss(edges.requires_grad_(), masks).item())
+
+
+def test_the_deep_pixel_encoder_sees_far_beyond_the_shallow_one():
+    from stages.keypoints.features import DeepPixelEncoder, PixelEncoder
+
+    torch.manual_seed(0)
+    views = torch.rand(1, 1, 3, 64, 64, requires_grad=True)
+    rows, columns = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    far = (rows - 34.0) ** 2 + (columns - 34.0) ** 2 > 16.0**2
+    share = {}
+    for name, encoder in (("shallow", PixelEncoder(16, 16)), ("deep", DeepPixelEncoder(16, 16))):
+        out = encoder(views)
+        assert out.shape == (1, 1, 16, 16, 16)
+        views.grad = None
+        out[0, 0, :, 8, 8].sum().backward()
+        # GroupNorm couples every pixel a little; what matters is how strongly the most
+        # influential pixel more than 16 px away acts, against the most influential one.
+        energy = views.grad[0, 0].abs().sum(dim=0)
+        share[name] = float(energy[far].max() / energy.max())
+    assert share["shallow"] < 0.05 and share["deep"] > 0.2, share
+
+
+def test_appearance_transport_paints_each_keypoints_view0_colour_where_it_lands():
+    from stages.keypoints.decoder import AppearanceTransport
+
+    torch.manual_seed(0)
+    transport = AppearanceTransport(3)
+    # Make the feature layers the identity on RGB in [-1, 1]: conv -> leaky -> conv.
+    with torch.no_grad():
+        for conv in (transport.layers[0], transport.layers[2]):
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[:, :, 1, 1] = torch.eye(3)
+    view0 = torch.ones(1, 3, 16, 16)
+    view0[0, :, 2:6, 2:6] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]  # a red patch
+    uv0 = torch.tensor([[[4.0, 4.0], [12.0, 12.0]]])  # keypoint 0 on red, keypoint 1 on white
+    uv = torch.tensor([[[[9.5, 2.5], [2.5, 9.5]]]])  # where they land in view k (pixel centres)
+    heatmaps = geometry.gaussian_heatmaps(uv, 16, 16, 1.0)
+    with torch.no_grad():
+        painted = transport(view0, uv0, heatmaps)
+    assert painted.shape == (1, 1, 3, 16, 16)
+    red_spot, white_spot = painted[0, 0, :, 2, 9], painted[0, 0, :, 9, 2]
+    # 2 * (0.9, 0.1) - 1 = (0.8, -0.8) at full weight; -0.8 passes the leaky ReLU as -0.16.
+    assert red_spot[0] == pytest.approx(0.8, abs=0.02) and red_spot[1] == pytest.approx(-0.16, abs=0.02)
+    assert white_spot.min() > 0.9
+    assert painted[0, 0, :, 14, 14].abs().max() < 1e-3  # nothing painted far from both
+
+
+def test_autolink_edge_logits_get_their_own_learning_rate_and_no_decay():
+    from stages.keypoints.model import KeyDiff3DModel
+    from stages.keypoints.training import build_optimizer
+
+    config = preset("cpu", feature_source="pixels", adjacency_init=-4.0, adjacency_lr_scale=512.0)
+    model = KeyDiff3DModel(
+        image_size=64, volume_half_extent=1.0, feature_source="pixels", num_keypoints=5, volume_size=8,
+        volume_channels=(8, 16), feature_channels=16, feature_size=8, keypoint_channels=8,
+        render_size=32, decoder_channels=8, adjacency_init=-4.0,
+    )  # fmt: skip
+    assert float(model.edge_weights().max()) < 0.03  # softplus(-4) = 0.018: edges start nearly absent
+    groups = build_optimizer(model, config).param_groups
+    (edges,) = [g for g in groups if any(p is model.adjacency for p in g["params"])]
+    assert len(edges["params"]) == 1 and edges["lr"] == pytest.approx(config.lr * 512.0)
+    assert edges["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
