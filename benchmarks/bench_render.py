@@ -3,7 +3,7 @@
 Run by `nox -s bench` as
 
     python benchmarks/bench_render.py [--out bench-results/render.json]
-        [--humanoid-samples N] [--quadruped-samples N] [--resolution PX]
+        [--humanoid-samples N] [--quadruped-samples N] [--resolution PX] [--world-version 1|2]
 
 Per category (humanoid, quadruped) at the default orbit (4 kept views):
 1. bare renders: `render_views` alone on a posed figure (views per second);
@@ -32,22 +32,25 @@ from pipeline.backends import RenderBackendSpec
 from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig
 from stages.synthetic.render import render_views
+from stages.synthetic.versions import LATEST_WORLD_VERSION
 from stages.synthetic.world import SyntheticWorldConfig
 
 CATEGORIES = ("humanoid", "quadruped")
 DEFAULTS = {"humanoid_samples": 2000, "quadruped_samples": 1000, "bare_samples": 100, "resolution": 128}
 
 
-def bench_bare(category: str, config: GenerationConfig, samples: int) -> dict[str, Any]:
+def bench_bare(category: str, config: GenerationConfig, samples: int, world_version: int) -> dict[str, Any]:
     """Rows 1 and 2: render_views on posed figures, then whole samples, nothing written."""
-    spec = RenderBackendSpec(SyntheticWorldConfig(category, "train", samples, seed=0), config)
+    world = SyntheticWorldConfig(category, "train", samples, seed=0, version=world_version)
+    spec = RenderBackendSpec(world, config)
     renderer, build_s = timed(spec.build)
     ids = spec.world.sample_ids()
     renderer(ids[0])  # warm-up: first render allocates the renderer's buffers
     render_s = 0.0
     for sample_id in ids:
-        renderer(sample_id)  # poses the figure; only the renders below are timed
+        renderer(sample_id)  # poses and dresses the figure; only the renders below are timed
         tic = time.perf_counter()
+        # The light colour and coefficients are the sample's: the renderer keeps the last ones.
         render_views(renderer.client, renderer.intrinsics, renderer.world_to_camera, renderer.size)
         render_s += time.perf_counter() - tic
     _, make_s = timed(lambda: [renderer(sample_id) for sample_id in ids])
@@ -64,7 +67,13 @@ def bench_bare(category: str, config: GenerationConfig, samples: int) -> dict[st
 
 
 def bench_cache(
-    category: str, config: GenerationConfig, samples: int, workers: int | None, work: Path, shard: int
+    category: str,
+    config: GenerationConfig,
+    samples: int,
+    workers: int | None,
+    work: Path,
+    shard: int,
+    world_version: int,
 ) -> dict[str, Any]:
     """Row 3: run_generate into a fresh store, in-process (workers None) or on dask."""
     job = GenerateJob(
@@ -73,7 +82,7 @@ def bench_cache(
         work / f"{category}-{workers or 0}.zarr",
         config,
         backend="render",
-        world=SyntheticWorldConfig(category, "train", samples, seed=0),
+        world=SyntheticWorldConfig(category, "train", samples, seed=0, version=world_version),
         workers=workers,
         samples_per_shard=shard,
         progress=False,
@@ -101,6 +110,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=DEFAULTS["resolution"])
     parser.add_argument("--samples-per-shard", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="dask workers of the parallel row")
+    parser.add_argument(
+        "--world-version", type=int, default=LATEST_WORLD_VERSION, help="synthetic world version, 1 or 2"
+    )
     args = parser.parse_args(argv)
     for key in ("humanoid_samples", "quadruped_samples", "bare_samples", "samples_per_shard", "workers"):
         if getattr(args, key) < 1:
@@ -118,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"KeyDiff3D synthetic-world benchmark, {date}")
     print(
         f"machine: {machine['cpu_count']} cores, load average {machine['load_average_1_5_15']}; "
-        f"{args.resolution} px, "
+        f"{args.resolution} px, world version {args.world_version}, "
         f"{config.orbit.num_kept_views} kept views, {args.samples_per_shard} samples/shard; "
         f"cache rows: {sizes['humanoid']} humanoid + {sizes['quadruped']} quadruped samples"
     )
@@ -126,10 +138,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cluster_s = time_cluster_start(args.workers)
     with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:
         for category in CATEGORIES:
-            bare = bench_bare(category, config, args.bare_samples)
-            local = bench_cache(category, config, sizes[category], None, Path(tmp), args.samples_per_shard)
+            bare = bench_bare(category, config, args.bare_samples, args.world_version)
+            local = bench_cache(
+                category, config, sizes[category], None, Path(tmp), args.samples_per_shard, args.world_version
+            )
             parallel = bench_cache(
-                category, config, sizes[category], args.workers, Path(tmp), args.samples_per_shard
+                category,
+                config,
+                sizes[category],
+                args.workers,
+                Path(tmp),
+                args.samples_per_shard,
+                args.world_version,
             )
             rows.append({"category": category, "bare": bare, "in_process": local, "dask": parallel})
     print_table(
@@ -166,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "nothing written",
         "cache: the whole run_generate call (store creation, rendering, writing shards); the "
         f"dask row includes starting a LocalCluster (bare start+stop {cluster_s:.1f} s)",
-        f"{args.bare_samples} samples for rows 1-2; seed 0, train split",
+        f"{args.bare_samples} samples for rows 1-2; seed 0, train split, world version {args.world_version}",
     ]
     print_notes(notes)
     body = {

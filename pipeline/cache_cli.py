@@ -13,6 +13,7 @@ from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig, OrbitConfig
 from stages.datasets.selection import DatasetSelection
 from stages.errors import StageError
+from stages.synthetic.versions import LATEST_WORLD_VERSION
 
 app = typer.Typer(
     help="Stage one of KeyDiff3D: multi-view diffusion once per image, cached in Zarr.",
@@ -30,12 +31,12 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
         raise typer.BadParameter(f"{option} takes comma-separated numbers, got {text!r}") from exc
 
 
-def _world(source: str | None, split: str, num_samples: int, seed: int) -> object:
+def _world(source: str | None, split: str, num_samples: int, seed: int, version: int) -> object:
     if source is None or not source.startswith("synthetic:"):
         raise ValueError(f"--source must be synthetic:humanoid or synthetic:quadruped, got {source!r}")
     from stages.synthetic.world import SyntheticWorldConfig
 
-    return SyntheticWorldConfig(source.split(":", 1)[1], split, num_samples, seed)
+    return SyntheticWorldConfig(source.split(":", 1)[1], split, num_samples, seed, version=version)
 
 
 def _selection(
@@ -78,6 +79,11 @@ def generate(
     ),
     cameras: str | None = typer.Option(None, help="h36m: comma list of camera ids (default: all four)."),
     num_samples: int = typer.Option(1000, help="For --backend render: samples to render."),
+    world_version: int = typer.Option(
+        LATEST_WORLD_VERSION,
+        help="For --backend render: 2 colours body parts by class (same left and right) and adds "
+        "a face, a chest badge and a quadruped head; 1 is the older world of random link colours.",
+    ),
     features_model: Path | None = typer.Option(
         None,
         "--features-model",
@@ -167,7 +173,7 @@ def generate(
             out=out,
             config=config,
             backend=backend,
-            world=_world(source, split, num_samples, seed) if backend == "render" else None,
+            world=_world(source, split, num_samples, seed, world_version) if backend == "render" else None,
             dataset=source if backend == "sv3d" else None,
             selection=_selection(source if backend == "sv3d" else None, split, stride, actions, cameras),
             features_model=features_model,

@@ -15,11 +15,23 @@ from cache_schema import (
     CacheError,
     CacheStore,
 )
+from stages.synthetic.versions import world_version
 
 
 def _stored_bytes(store: CacheStore, name: str) -> int:
     root = store.path / name
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def _world_lines(source: dict) -> list[str]:
+    """The synthetic world of a render store, or nothing for other stores."""
+    world = source.get("world")
+    if not isinstance(world, dict):
+        return []
+    return [
+        f"world          {world.get('category')} split {world.get('split')} seed {world.get('seed')} "
+        f"version {world_version(world)}"
+    ]
 
 
 def inspect_lines(path: Path) -> list[str]:
@@ -32,6 +44,7 @@ def inspect_lines(path: Path) -> list[str]:
         f"store          {path}",
         f"schema         v{meta.schema_version}  fingerprint {meta.fingerprint[:16]}",
         f"backend        {meta.source.get('backend')}  inputs {meta.source.get('inputs')}",
+        *_world_lines(meta.source),
         f"model          {meta.model.get('path', meta.model.get('model_dir', '-'))}",
         f"samples        {len(status)}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
         f"shards         {meta.layout.num_shards} x {meta.layout.samples_per_shard} samples",

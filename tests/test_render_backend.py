@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import zarr
 
 pytest.importorskip("pybullet")
 
 from typer.testing import CliRunner  # noqa: E402
 
 from cache_schema import CacheError, CacheReader  # noqa: E402
+from cache_schema.metadata import ATTRS_KEY  # noqa: E402
+from pipeline.backends import RenderBackendSpec  # noqa: E402
 from pipeline.cache_cli import app  # noqa: E402
 from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.store_report import verify_store, write_preview  # noqa: E402
@@ -99,3 +104,33 @@ def test_cli_render_needs_a_source(tmp_path):
         ],
     )
     assert bad.exit_code == 2 and "dragon" in bad.output
+
+
+def test_world_version_is_in_the_key_the_fingerprint_and_the_source():
+    config = GenerationConfig(resolution=32)
+    old, new = (RenderBackendSpec(SyntheticWorldConfig(version=v), config) for v in (1, 2))
+    assert old.key() != new.key()
+    assert old.model_record()["fingerprint"] != new.model_record()["fingerprint"]
+    assert old.source_record()["world"]["version"] == 1 and new.source_record()["world"]["version"] == 2
+
+
+def test_cli_world_version_and_inspect_read_old_stores_as_version_1(tmp_path):
+    runner = CliRunner()
+    common = ["generate", "--backend", "render", "--source", "synthetic:humanoid", "--num-samples", "2"]
+    common += ["--resolution", "32", "--shard-size", "2", "--no-progress"]
+    made = runner.invoke(app, [*common, "--out", str(tmp_path / "v1.zarr"), "--world-version", "1"])
+    assert made.exit_code == 0, made.output
+    assert CacheReader(tmp_path / "v1.zarr").store.metadata.source["world"]["version"] == 1
+    # A store written before versions existed: its world has no version. The store's
+    # fingerprint only takes the source's backend, so the store still opens.
+    group = zarr.open_group(tmp_path / "v1.zarr", mode="r+")
+    attrs = copy.deepcopy(group.attrs[ATTRS_KEY])
+    del attrs["source"]["world"]["version"]
+    group.attrs[ATTRS_KEY] = attrs
+    assert "version" not in CacheReader(tmp_path / "v1.zarr").store.metadata.source["world"]
+    shown = runner.invoke(app, ["inspect", str(tmp_path / "v1.zarr")])
+    assert shown.exit_code == 0, shown.output
+    assert "world          humanoid split train seed 0 version 1" in shown.output
+    assert verify_store(tmp_path / "v1.zarr")[0] == []
+    bad = runner.invoke(app, [*common, "--out", str(tmp_path / "v3.zarr"), "--world-version", "3"])
+    assert bad.exit_code == 2 and "version must be one of (1, 2)" in bad.output

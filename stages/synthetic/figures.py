@@ -133,13 +133,32 @@ def load_figure(client_id: int, category: str) -> Figure:
     )
 
 
-def randomise_colours(figure: Figure, rng: np.random.Generator) -> np.ndarray:
-    """Give every link a random opaque colour. Returns the colours (links + 1, 3) in [0, 1]."""
-    links = range(-1, len(figure.joint_indices))
+def draw_link_colours(figure: Figure, rng: np.random.Generator) -> np.ndarray:
+    """A random colour per link, base first: (links + 1, 3) in [0.05, 0.85].
+
+    World version 1 paints these; version 2 draws them too, as its per-link jitter, so
+    that what the generator draws next (yaw and shift) is the same in both versions.
+    """
     # Kept away from white so no part vanishes into the white background.
-    colours = rng.uniform(0.05, 0.85, size=(len(links), 3))
-    for link, rgb in zip(links, colours, strict=True):
-        pb.changeVisualShape(figure.body_id, link, rgbaColor=[*rgb, 1.0], physicsClientId=figure.client_id)
+    return rng.uniform(0.05, 0.85, size=(len(figure.joint_indices) + 1, 3))
+
+
+def paint_links(figure: Figure, colours: np.ndarray) -> None:
+    """Give link k - 1 the opaque colour colours[k] (links + 1, 3) in [0, 1]."""
+    if colours.shape != (len(figure.joint_indices) + 1, 3):
+        raise SyntheticWorldError(
+            f"colours must be ({len(figure.joint_indices) + 1}, 3), got {colours.shape}"
+        )
+    for link, rgb in enumerate(colours, start=-1):
+        pb.changeVisualShape(
+            figure.body_id, link, rgbaColor=[*map(float, rgb), 1.0], physicsClientId=figure.client_id
+        )
+
+
+def randomise_colours(figure: Figure, rng: np.random.Generator) -> np.ndarray:
+    """Give every link a random opaque colour (version 1). Returns the colours (links + 1, 3)."""
+    colours = draw_link_colours(figure, rng)
+    paint_links(figure, colours)
     return colours
 
 

@@ -8,6 +8,8 @@ draws it on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pybullet as pb
 
@@ -15,6 +17,38 @@ from stages.synthetic.errors import SyntheticWorldError
 
 # OpenCV camera (x right, y down, z forward) -> OpenGL camera (x right, y up, z backward).
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """The tiny renderer's light besides its direction (its defaults: white, 0.6, 0.35, 0.05)."""
+
+    colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """RGB in [0, 1]; the renderer applies it to the diffuse and specular terms only."""
+    ambient: float = 0.6
+    """Ambient coefficient."""
+    diffuse: float = 0.35
+    """Diffuse coefficient."""
+    specular: float = 0.05
+    """Specular coefficient."""
+
+    def __post_init__(self) -> None:
+        if len(self.colour) != 3 or not all(0.0 <= c <= 1.0 for c in self.colour):
+            raise SyntheticWorldError(f"lighting colour must be 3 values in [0, 1], got {self.colour}")
+        if min(self.ambient, self.diffuse, self.specular) < 0:
+            raise SyntheticWorldError(
+                f"lighting coefficients must be >= 0, got {self.ambient}, {self.diffuse}, {self.specular}"
+            )
+
+    def camera_image_arguments(self) -> dict:
+        """Keyword arguments of pb.getCameraImage. All four every time: the renderer keeps the
+        last values it was given, so one omitted would silently repeat the previous sample's."""
+        return {
+            "lightColor": list(self.colour),
+            "lightAmbientCoeff": self.ambient,
+            "lightDiffuseCoeff": self.diffuse,
+            "lightSpecularCoeff": self.specular,
+        }
 
 
 def opengl_view_matrix(world_to_camera: np.ndarray) -> np.ndarray:
@@ -52,6 +86,7 @@ def render_views(
     world_to_camera: np.ndarray,
     image_size: int,
     light_direction: np.ndarray | None = None,
+    lighting: Lighting | None = None,
     near: float = 0.05,
     far: float = 20.0,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +94,10 @@ def render_views(
 
     intrinsics: (V, 3, 3); world_to_camera: (V, 4, 4) OpenCV; square images of
     `image_size`; light_direction: (3,) world direction towards the light, default
-    from above and in front of +x. Returns rgb (V, 3, H, W) uint8 on a white background
-    and masks (V, H, W) uint8, 1 where any body is drawn (segmentation buffer).
+    from above and in front of +x; lighting: colour and coefficients, None leaves the
+    client's (its defaults unless set before: the renderer keeps them). Returns rgb
+    (V, 3, H, W) uint8 on a white background and masks (V, H, W) uint8, 1 where any
+    body is drawn (segmentation buffer).
     """
     intrinsics = np.asarray(intrinsics, dtype=np.float64)
     world_to_camera = np.asarray(world_to_camera, dtype=np.float64)
@@ -79,6 +116,7 @@ def render_views(
     )
     if light.shape != (3,) or not np.any(light):
         raise SyntheticWorldError(f"light_direction must be a non-zero (3,), got {light}")
+    light_arguments = {} if lighting is None else lighting.camera_image_arguments()
     rgbs, masks = [], []
     for K, w2c in zip(intrinsics, world_to_camera, strict=True):
         # Transposed before flattening: pybullet reads its 16 floats column-major.
@@ -93,6 +131,7 @@ def render_views(
             shadow=0,
             renderer=pb.ER_TINY_RENDERER,
             physicsClientId=client_id,
+            **light_arguments,
         )
         rgba = np.asarray(rgba, dtype=np.uint8).reshape(image_size, image_size, 4)
         mask = np.asarray(segmentation).reshape(image_size, image_size) >= 0  # -1 is background

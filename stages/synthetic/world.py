@@ -21,10 +21,13 @@ from stages.cameras import project_points
 from stages.config import GenerationConfig
 from stages.sources import sample_seed
 from stages.stage_one import SampleFailure, kept_view_cameras
+from stages.synthetic.appearance import draw_look
 from stages.synthetic.errors import SyntheticWorldError
-from stages.synthetic.figures import load_figure, pose_figure, randomise_colours, spec_for
+from stages.synthetic.figures import draw_link_colours, load_figure, paint_links, pose_figure, spec_for
 from stages.synthetic.mocap import load_clip, pose_at
 from stages.synthetic.render import radius_to_fit, render_views
+from stages.synthetic.versions import LATEST_WORLD_VERSION, WORLD_VERSIONS, world_version
+from stages.synthetic.wardrobe import Wardrobe
 
 SPLITS = ("train", "test")
 HUMANOID_CLIPS = {
@@ -64,9 +67,15 @@ class SyntheticWorldConfig:
     """Camera distance in metres; None fits the figure in the view at the orbit's fov."""
     max_shift: float = 0.05
     """Largest random translation of the figure, metres, per axis."""
+    version: int = LATEST_WORLD_VERSION
+    """1: a random colour per link (nothing tells left from right or front from back);
+    2: colours per body-part class, a face, a chest badge, a quadruped head, textures and
+    random light (stages/synthetic/appearance.py). Same joints for the same sample id."""
 
     def __post_init__(self) -> None:
         spec_for(self.category)
+        if self.version not in WORLD_VERSIONS:
+            raise SyntheticWorldError(f"version must be one of {WORLD_VERSIONS}, got {self.version!r}")
         if self.split not in SPLITS:
             raise SyntheticWorldError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.num_samples < 1:
@@ -85,6 +94,12 @@ class SyntheticWorldConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "clips": list(self.clips())}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SyntheticWorldConfig:
+        """The config a store's source metadata `world` describes; no version means 1."""
+        fields = {field.name for field in dataclasses.fields(cls)} - {"version"}
+        return cls(**{k: v for k, v in data.items() if k in fields}, version=world_version(data))
 
 
 def ground_truth_spec(category: str) -> GroundTruthSpec:
@@ -145,6 +160,7 @@ class SyntheticRenderer:
         self.clips = {name: load_clip(name) for name in world.clips()}
         self.durations = {name: clip.duration for name, clip in self.clips.items()}
         self.feature_model = feature_model
+        self.wardrobe = Wardrobe(self.figure) if world.version >= 2 else None
         self.intrinsics, self.world_to_camera = kept_view_cameras(config, self.size)
 
     def __call__(self, sample_id: str) -> tuple[dict, float]:
@@ -164,10 +180,20 @@ class SyntheticRenderer:
             rng, self.world.clips(), time_segment(self.world.category, self.world.split), self.durations
         )
         clip = self.clips[name]
-        randomise_colours(self.figure, rng)
+        # Both versions draw per-link colours here, so yaw and shift (drawn next) and with
+        # them the joints are the same in both; version 1 paints them, version 2 keeps
+        # them as a small jitter on its class colours.
+        link_draws = draw_link_colours(self.figure, rng)
         joints = pose_figure(self.figure, pose_at(clip, t), rng, self.world.max_shift)
         light = rng.normal(size=3) + np.array([0.0, 0.0, 2.0])
-        views, masks = render_views(self.client, intrinsics, world_to_camera, self.size, light)
+        lighting = None
+        if self.wardrobe is None:
+            paint_links(self.figure, link_draws)
+        else:
+            look = draw_look(self.world.category, self.wardrobe.link_names, link_draws, rng)
+            self.wardrobe.dress(look)
+            lighting = look.lighting
+        views, masks = render_views(self.client, intrinsics, world_to_camera, self.size, light, lighting)
         uv, depth = project_points(joints, intrinsics, world_to_camera)
         inside = (depth > 0) & np.all((uv >= 0) & (uv < self.size), axis=-1)
         size = float(self.size)
