@@ -24,6 +24,7 @@ from torch import Tensor
 
 from stages.keypoints.checks import check_shape, pixel_centres, require_positive
 from stages.keypoints.edge_maps import edge_maps as edge_maps
+from stages.keypoints.edge_maps import edge_maps_reference as edge_maps_reference
 from stages.keypoints.edge_maps import pair_indices as pair_indices
 from stages.keypoints.edge_maps import segment_distance_sq as segment_distance_sq
 from stages.keypoints.errors import ShapeError
