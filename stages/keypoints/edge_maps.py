@@ -150,7 +150,7 @@ def _winning_pairs(
     images, num_pairs, num_pixels = batch * views, len(pairs), height * width
     scale = 1.0 / (math.sqrt(2.0) * sigma)
     keypoints = uv.reshape(images, -1, 2)
-    start = keypoints[:, pairs[:, 0]]  # (B V, E, 2)
+    start = keypoints[:, pairs[:, 0]]  # (B * V, E, 2)
     along = keypoints[:, pairs[:, 1]] - start
     length_sq = along.square().sum(-1)
     # As in _point_segment_distance_sq, a too short segment is its start point: no direction, length 0.
@@ -160,9 +160,9 @@ def _winning_pairs(
     half_length = torch.where(long_enough, length, torch.zeros_like(length)) * (0.5 * scale)
     middle = start + 0.5 * torch.where(long_enough[..., None], along, torch.zeros_like(along))
     normal = torch.stack([-direction[..., 1], direction[..., 0]], dim=-1)
-    axes = torch.stack([direction, normal], dim=2) * scale  # (B V, E, 2, 2): along, across
+    axes = torch.stack([direction, normal], dim=2) * scale  # (B * V, E, 2, 2): along, across
     offsets = -(axes * middle[:, :, None, :]).sum(-1, keepdim=True)
-    coefficients = torch.cat([axes, offsets], dim=-1).flatten(1, 2)  # (B V, 2 E, 3) rows a, c, a, c, ...
+    coefficients = torch.cat([axes, offsets], dim=-1).flatten(1, 2)  # (B * V, 2 * E, 3) rows a, c, a, c, ...
     u_centres, v_centres = pixel_centres(height, width, uv)
     pixels = torch.stack(
         [
@@ -170,7 +170,7 @@ def _winning_pairs(
             v_centres.repeat_interleave(width),
             torch.ones_like(u_centres).repeat(height),
         ]
-    )  # (3, H W)
+    )  # (3, H * W)
     neg_log_weight = -pair_weights.log()
     order = torch.arange(num_pairs, dtype=uv.dtype, device=uv.device)
 
