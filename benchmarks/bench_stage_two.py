@@ -1,4 +1,4 @@
-"""Stage-two benchmarks: loader throughput, time per step and peak memory per preset, data wait.
+"""Stage-two benchmarks: loader throughput, time per step and peak memory per preset, data wait, edge maps.
 
 Run by `nox -s bench` as
 
@@ -9,7 +9,9 @@ Everything runs on a synthetic-world render cache (128 px, 4 views, no diffusion
 features, so both presets use the pixel feature source and the SSIM loss: no
 weights can be downloaded here). Each preset's step time and peak memory are
 measured in a fresh subprocess, so one preset's allocations do not hide another's.
-The paper preset runs a single timed step after one warm-up step.
+The paper preset runs a single timed step after one warm-up step. The cpu preset is also
+timed with `edge_maps_reference` (the former edge-map search) in place of `edge_maps`, and
+the two edge-map functions alone, forward and backward on one thread, at its shapes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import datetime
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,9 +30,11 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import machine_info
 
 from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig
+from stages.keypoints import geometry
 from stages.keypoints.config import preset
 from stages.keypoints.data import CacheTrainingSet, StepBatchSampler, keep_batch
 from stages.keypoints.training import FitJob, build_model, fit, step_generator
@@ -63,17 +68,59 @@ def loader_throughput(cache: Path, workers: int, batches: int, batch_size: int =
     return batches * batch_size / (time.perf_counter() - tic)
 
 
-def step_in_subprocess(cache: Path, name: str, steps: int) -> dict:
+def edge_map_times(repeats: int) -> dict:
+    """Median seconds of `edge_maps` and `edge_maps_reference`, forward and backward, one thread.
+
+    The shapes are the cpu preset's (B, V, N, render size, sigma); keypoints are uniform in
+    the image and the weights softplus of normal draws, as the model makes them.
+    """
+    config = preset("cpu")
+    batch, views = config.batch_size, config.num_views
+    keypoints, size = config.num_keypoints, config.render_size
+    draws = torch.Generator().manual_seed(0)
+    uv = (torch.rand(batch, views, keypoints, 2, generator=draws) * size).requires_grad_()
+    adjacency = torch.randn(keypoints, keypoints, generator=draws)
+    weights = torch.nn.functional.softplus(adjacency).requires_grad_()
+    functions = {"reference": geometry.edge_maps_reference, "fast": geometry.edge_maps}
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(repeats + 1):  # the first round warms up; the two take turns
+            for name, function in functions.items():
+                tic = time.perf_counter()
+                function(uv, weights, size, size, config.edge_sigma).sum().backward()
+                seconds[name].append(time.perf_counter() - tic)
+    finally:
+        torch.set_num_threads(threads)
+    medians = {name: statistics.median(values[1:]) for name, values in seconds.items()}
+    return {
+        "shape_bvn_size": [batch, views, keypoints, size],
+        "sigma": config.edge_sigma,
+        "repeats": repeats,
+        "reference_seconds": medians["reference"],
+        "fast_seconds": medians["fast"],
+        "speedup": medians["reference"] / medians["fast"],
+    }
+
+
+def step_in_subprocess(cache: Path, name: str, steps: int, *, reference_edge_maps: bool = False) -> dict:
     """Run `--one-preset` in a fresh interpreter and parse its JSON line."""
     command = [sys.executable, __file__, "--one-preset", name, "--cache", str(cache), "--steps", str(steps)]
+    if reference_edge_maps:
+        command.append("--reference-edge-maps")
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
-def one_preset(cache: Path, name: str, steps: int) -> dict:
+def one_preset(cache: Path, name: str, steps: int, reference_edge_maps: bool = False) -> dict:
     """Time `steps` training steps of a preset on one fixed batch (after a warm-up step)."""
     from stages.keypoints.losses import training_losses
     from stages.keypoints.perceptual import build_perceptual_loss
+
+    if reference_edge_maps:
+        # The model calls geometry.edge_maps; this interpreter times the former search instead.
+        geometry.edge_maps = geometry.edge_maps_reference
 
     config = preset(name, feature_source="pixels", perceptual="ssim")
     model, _ = build_model(config, (cache,))
@@ -93,6 +140,7 @@ def one_preset(cache: Path, name: str, steps: int) -> dict:
     parameters = sum(p.numel() for p in model.parameters())
     return {
         "preset": name,
+        "edge_maps": "reference" if reference_edge_maps else "fast",
         "seconds_per_step": sum(times[1:]) / steps,
         "peak_rss_mib": peak_mib,
         "parameters": parameters,
@@ -123,41 +171,56 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results/stage_two.json"))
     parser.add_argument("--samples", type=int, default=256, help="samples in the render cache")
     parser.add_argument("--steps", type=int, default=20, help="timed steps of the cpu preset")
+    parser.add_argument("--edge-repeats", type=int, default=10, help="timed edge-map calls of each kind")
     parser.add_argument("--one-preset", help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-edge-maps", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_preset:
-        print(json.dumps(one_preset(args.cache, args.one_preset, args.steps)))
+        print(json.dumps(one_preset(args.cache, args.one_preset, args.steps, args.reference_edge_maps)))
         return
 
+    edges = edge_map_times(args.edge_repeats)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         cache = make_cache(folder, args.samples)
         loader = {f"workers={w}": loader_throughput(cache, w, batches=30) for w in (0, 1, 2)}
-        presets = [step_in_subprocess(cache, "cpu", args.steps), step_in_subprocess(cache, "paper", 1)]
+        presets = [
+            step_in_subprocess(cache, "cpu", args.steps),
+            step_in_subprocess(cache, "cpu", args.steps, reference_edge_maps=True),
+            step_in_subprocess(cache, "paper", 1),
+        ]
         wait = data_wait(cache, folder, args.steps * 2)
 
     print(f"\nStage two on {platform.machine()}, torch threads {torch.get_num_threads()}")
     print("loader alone (samples/s, batch 4, 64 px):")
     for name, value in loader.items():
         print(f"  {name:10s} {value:8.1f}")
-    print(f"{'preset':8s} {'s/step':>8s} {'peak MiB':>9s} {'params':>10s}  M  render  batch")
+    print(f"{'preset':8s} {'edges':9s} {'s/step':>8s} {'peak MiB':>9s} {'params':>10s}  M  render  batch")
     for row in presets:
         print(
-            f"{row['preset']:8s} {row['seconds_per_step']:8.3f} {row['peak_rss_mib']:9.0f} "
-            f"{row['parameters']:10d} {row['volume_size']:3d} {row['render_size']:6d} {row['batch_size']:5d}"
+            f"{row['preset']:8s} {row['edge_maps']:9s} {row['seconds_per_step']:8.3f} "
+            f"{row['peak_rss_mib']:9.0f} {row['parameters']:10d} "
+            f"{row['volume_size']:3d} {row['render_size']:6d} {row['batch_size']:5d}"
         )
+    b, v, n, size = edges["shape_bvn_size"]
+    print(
+        f"edge maps alone (B {b}, V {v}, N {n}, {size} px, sigma {edges['sigma']}), forward + backward, "
+        f"one thread, median of {edges['repeats']}: reference {1000 * edges['reference_seconds']:.1f} ms, "
+        f"fast {1000 * edges['fast_seconds']:.1f} ms ({edges['speedup']:.1f}x)"
+    )
     print(
         f"cpu preset through the trainer: {wait['seconds_per_step']:.3f} s/step, waiting for data "
         f"{100 * wait['wait_fraction']:.1f}% ({wait['loader_workers']} loader worker)"
     )
     record = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+        "machine": machine_info(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "cache_samples": args.samples,
         "loader_samples_per_second": loader,
         "presets": presets,
         "trainer": wait,
+        "edge_maps": edges,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))

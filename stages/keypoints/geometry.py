@@ -12,48 +12,22 @@ Conventions match `stages.cameras` (the numpy code of stage one):
 Every function checks the shapes of its tensor arguments on entry and raises
 `ShapeError` naming the argument, the expected and the actual shape. P is any number
 of points (voxel centres or keypoints) and E = N (N - 1) / 2 the number of keypoint pairs.
+Keypoint pairs, segment distances and edge maps live in `stages.keypoints.edge_maps` and
+are re-exported here.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stages.keypoints.checks import check_shape, pixel_centres, require_positive
+from stages.keypoints.edge_maps import edge_maps as edge_maps
+from stages.keypoints.edge_maps import edge_maps_reference as edge_maps_reference
+from stages.keypoints.edge_maps import pair_indices as pair_indices
+from stages.keypoints.edge_maps import segment_distance_sq as segment_distance_sq
 from stages.keypoints.errors import ShapeError
-
-_Dim = int | str
-
-
-def _check_shape(name: str, tensor: Tensor, pattern: Sequence[_Dim], sizes: dict[str, int]) -> None:
-    """Check `tensor` against `pattern`; letters bind to sizes shared across the arguments of one call."""
-    actual = tuple(tensor.shape)
-    bound = dict(sizes)
-    matches = len(actual) == len(pattern)
-    for dim, size in zip(pattern, actual, strict=False):
-        expected = bound.setdefault(dim, size) if isinstance(dim, str) else dim
-        matches = matches and size == expected
-    if not matches:
-        letters = ", ".join(str(d) for d in pattern)
-        resolved = ", ".join(str(sizes.get(d, "*")) if isinstance(d, str) else str(d) for d in pattern)
-        raise ShapeError(f"{name} must have shape ({letters}) = ({resolved}), got {actual}")
-    sizes.update(bound)
-
-
-def _require_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def _pixel_centres(height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Pixel-centre coordinates u (W,) and v (H,) in the dtype and on the device of `like`."""
-    _require_positive("height", height)
-    _require_positive("width", width)
-    u = torch.arange(width, dtype=like.dtype, device=like.device) + 0.5
-    v = torch.arange(height, dtype=like.dtype, device=like.device) + 0.5
-    return u, v
 
 
 def project_to_views(
@@ -74,10 +48,10 @@ def project_to_views(
         depth: (B, V, P) camera z of each point (negative behind the camera).
     """
     sizes: dict[str, int] = {}
-    _check_shape("points", points, ("B", "P", 3), sizes)
-    _check_shape("intrinsics", intrinsics, ("B", "V", 3, 3), sizes)
-    _check_shape("world_to_camera", world_to_camera, ("B", "V", 4, 4), sizes)
-    _require_positive("min_depth", min_depth)
+    check_shape("points", points, ("B", "P", 3), sizes)
+    check_shape("intrinsics", intrinsics, ("B", "V", 3, 3), sizes)
+    check_shape("world_to_camera", world_to_camera, ("B", "V", 4, 4), sizes)
+    require_positive("min_depth", min_depth)
     rotation = world_to_camera[..., :3, :3]
     translation = world_to_camera[..., :3, 3]
     camera_points = torch.einsum("bvij,bpj->bvpi", rotation, points) + translation[:, :, None, :]
@@ -97,7 +71,7 @@ def camera_centres(world_to_camera: Tensor) -> Tensor:
     Returns:
         (B, V, 3) camera centres in world coordinates.
     """
-    _check_shape("world_to_camera", world_to_camera, ("B", "V", 4, 4), {})
+    check_shape("world_to_camera", world_to_camera, ("B", "V", 4, 4), {})
     rotation = world_to_camera[..., :3, :3]
     translation = world_to_camera[..., :3, 3]
     return -torch.einsum("bvji,bvj->bvi", rotation, translation)
@@ -127,7 +101,7 @@ def voxel_centres(
     """
     if num_per_side < 1:
         raise ValueError(f"num_per_side must be >= 1, got {num_per_side}")
-    _require_positive("half_extent", half_extent)
+    require_positive("half_extent", half_extent)
     if len(centre) != 3:
         raise ShapeError(f"centre must have 3 coordinates (x, y, z), got {len(centre)}")
     step = 2.0 * half_extent / num_per_side
@@ -157,13 +131,13 @@ def sample_views(
         inside: (B, V, P) bool, True where 0 <= u < W and 0 <= v < H (and depth > 0).
     """
     sizes: dict[str, int] = {}
-    _check_shape("features", features, ("B", "V", "C", "h", "w"), sizes)
-    _check_shape("uv", uv, ("B", "V", "P", 2), sizes)
+    check_shape("features", features, ("B", "V", "C", "h", "w"), sizes)
+    check_shape("uv", uv, ("B", "V", "P", 2), sizes)
     if depth is not None:
-        _check_shape("depth", depth, ("B", "V", "P"), sizes)
+        check_shape("depth", depth, ("B", "V", "P"), sizes)
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    _require_positive("image height", height)
-    _require_positive("image width", width)
+    require_positive("image height", height)
+    require_positive("image width", width)
     batch, views, channels, feature_h, feature_w = features.shape
     points = uv.shape[2]
     scale = uv.new_tensor([2.0 / width, 2.0 / height])
@@ -200,9 +174,9 @@ def aggregate_views_softmax(sampled: Tensor, logits: Tensor, inside: Tensor) -> 
         (B, C, P) aggregated features.
     """
     sizes: dict[str, int] = {}
-    _check_shape("sampled", sampled, ("B", "V", "C", "P"), sizes)
-    _check_shape("logits", logits, ("B", "V", "P"), sizes)
-    _check_shape("inside", inside, ("B", "V", "P"), sizes)
+    check_shape("sampled", sampled, ("B", "V", "C", "P"), sizes)
+    check_shape("logits", logits, ("B", "V", "P"), sizes)
+    check_shape("inside", inside, ("B", "V", "P"), sizes)
     inside = inside.bool()
     # The shift only stabilises exp; softmax is invariant to it, so it needs no gradient.
     masked = torch.where(inside, logits.detach(), torch.full_like(logits, float("-inf")))
@@ -227,8 +201,8 @@ def aggregate_views_mean(sampled: Tensor, inside: Tensor) -> Tensor:
         (B, C, P) aggregated features.
     """
     sizes: dict[str, int] = {}
-    _check_shape("sampled", sampled, ("B", "V", "C", "P"), sizes)
-    _check_shape("inside", inside, ("B", "V", "P"), sizes)
+    check_shape("sampled", sampled, ("B", "V", "C", "P"), sizes)
+    check_shape("inside", inside, ("B", "V", "P"), sizes)
     weights = inside.to(sampled.dtype)
     weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
     return torch.einsum("bvcp,bvp->bcp", sampled, weights)
@@ -246,8 +220,8 @@ def soft_argmax_3d(heatmaps: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
         probabilities: (B, N, M, M, M) softmax over the M^3 voxels of each keypoint.
     """
     sizes: dict[str, int] = {}
-    _check_shape("heatmaps", heatmaps, ("B", "N", "M", "M", "M"), sizes)
-    _check_shape("centres", centres, ("M", "M", "M", 3), sizes)
+    check_shape("heatmaps", heatmaps, ("B", "N", "M", "M", "M"), sizes)
+    check_shape("centres", centres, ("M", "M", "M", 3), sizes)
     flat = heatmaps.flatten(start_dim=2)
     # Subtracting the max keeps exp in range for large logits (F.softmax does the same internally).
     flat = flat - flat.amax(dim=-1, keepdim=True).detach()
@@ -267,130 +241,10 @@ def gaussian_heatmaps(uv: Tensor, height: int, width: int, sigma: float) -> Tens
     Returns:
         (B, V, N, H, W) heatmaps with peak value 1.
     """
-    _check_shape("uv", uv, ("B", "V", "N", 2), {})
-    _require_positive("sigma", sigma)
-    u_centres, v_centres = _pixel_centres(height, width, uv)
+    check_shape("uv", uv, ("B", "V", "N", 2), {})
+    require_positive("sigma", sigma)
+    u_centres, v_centres = pixel_centres(height, width, uv)
     # The Gaussian is separable: two 1D profiles instead of H * W distances.
     along_u = torch.exp(-((u_centres - uv[..., 0:1]) ** 2) / (2.0 * sigma**2))
     along_v = torch.exp(-((v_centres - uv[..., 1:2]) ** 2) / (2.0 * sigma**2))
     return along_v[..., :, None] * along_u[..., None, :]
-
-
-def pair_indices(num_keypoints: int, *, device: torch.device | str | None = None) -> Tensor:
-    """All keypoint pairs (i, j) with i < j in row-major order: (0, 1), (0, 2), ..., (1, 2), ...
-
-    Returns:
-        (E, 2) long tensor, E = N (N - 1) / 2.
-    """
-    if num_keypoints < 1:
-        raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
-    return torch.triu_indices(num_keypoints, num_keypoints, offset=1, device=device).T.contiguous()
-
-
-def _point_segment_distance_sq(
-    u: Tensor, v: Tensor, start: Tensor, end: Tensor, min_length_sq: float
-) -> Tensor:
-    """Squared distance from points (u, v) to segments start-end; all arguments broadcast.
-
-    start, end: (..., 2). Segments shorter than sqrt(min_length_sq) count as the point
-    `start`, which keeps the projection parameter (a division by the squared length)
-    and its gradient finite.
-    """
-    to_u = u - start[..., 0]
-    to_v = v - start[..., 1]
-    along_u = end[..., 0] - start[..., 0]
-    along_v = end[..., 1] - start[..., 1]
-    length_sq = along_u**2 + along_v**2
-    long_enough = length_sq > min_length_sq
-    fraction = (to_u * along_u + to_v * along_v) / torch.where(
-        long_enough, length_sq, torch.ones_like(length_sq)
-    )
-    fraction = torch.where(long_enough, fraction.clamp(0.0, 1.0), torch.zeros_like(fraction))
-    return (to_u - fraction * along_u) ** 2 + (to_v - fraction * along_v) ** 2
-
-
-def segment_distance_sq(uv: Tensor, height: int, width: int, *, min_length_sq: float = 1e-8) -> Tensor:
-    """Squared distance from every pixel centre to the segment of each keypoint pair.
-
-    Pairs are in `pair_indices(N)` order. The projection onto a segment is clamped to
-    its end points; a segment shorter than sqrt(min_length_sq) pixels is treated as
-    its first end point, so a zero-length segment gives the point distance.
-
-    Args:
-        uv: (B, V, N, 2) keypoint pixel coordinates.
-        height, width: H, W of the maps in pixels.
-
-    Returns:
-        (B, V, E, H, W) squared distances in pixels^2.
-    """
-    _check_shape("uv", uv, ("B", "V", "N", 2), {})
-    u_centres, v_centres = _pixel_centres(height, width, uv)
-    pairs = pair_indices(uv.shape[2], device=uv.device)
-    start = uv[:, :, pairs[:, 0], None, None, :]
-    end = uv[:, :, pairs[:, 1], None, None, :]
-    return _point_segment_distance_sq(u_centres, v_centres[:, None], start, end, min_length_sq)
-
-
-def edge_maps(
-    uv: Tensor,
-    edge_weights: Tensor,
-    height: int,
-    width: int,
-    sigma: float,
-    *,
-    pairs_per_chunk: int = 16,
-    min_length_sq: float = 1e-8,
-) -> Tensor:
-    """AutoLink edge map: per pixel, the max over pairs i < j of w_ij * exp(-d_ij^2 / (2 sigma^2)).
-
-    The max is found without autograd, chunk by chunk over pairs; the value is then
-    recomputed with autograd for the winning pair of each pixel only. Gradients are
-    those of torch.max (all to the winner), but the memory kept for backward is a few
-    (B, V, H, W) tensors instead of (B, V, E, H, W) ones.
-
-    Args:
-        uv: (B, V, N, 2) keypoint pixel coordinates.
-        edge_weights: (N, N) non-negative weights; only the upper triangle (i < j) is read.
-        height, width: H, W of the maps in pixels.
-        sigma: Gaussian width in pixels.
-        pairs_per_chunk: pairs evaluated at once in the search for the max (peak memory).
-
-    Returns:
-        (B, V, H, W) edge maps.
-    """
-    sizes: dict[str, int] = {}
-    _check_shape("uv", uv, ("B", "V", "N", 2), sizes)
-    _check_shape("edge_weights", edge_weights, ("N", "N"), sizes)
-    _require_positive("sigma", sigma)
-    _require_positive("pairs_per_chunk", pairs_per_chunk)
-    u_centres, v_centres = _pixel_centres(height, width, uv)
-    batch, views, num_keypoints, _ = uv.shape
-    pairs = pair_indices(num_keypoints, device=uv.device)
-    if len(pairs) == 0:
-        return uv.new_zeros(batch, views, height, width)
-    pair_weights = edge_weights[pairs[:, 0], pairs[:, 1]]
-
-    with torch.no_grad():
-        best_value = uv.new_full((batch, views, height, width), float("-inf"))
-        best_pair = torch.zeros(batch, views, height, width, dtype=torch.long, device=uv.device)
-        for first in range(0, len(pairs), pairs_per_chunk):
-            chunk = pairs[first : first + pairs_per_chunk]
-            start = uv[:, :, chunk[:, 0], None, None, :]
-            end = uv[:, :, chunk[:, 1], None, None, :]
-            distance_sq = _point_segment_distance_sq(u_centres, v_centres[:, None], start, end, min_length_sq)
-            weights = pair_weights[first : first + len(chunk), None, None]
-            values = weights * torch.exp(-distance_sq / (2.0 * sigma**2))  # (B, V, chunk, H, W)
-            chunk_value, chunk_index = values.max(dim=2)
-            better = chunk_value > best_value
-            best_value = torch.where(better, chunk_value, best_value)
-            best_pair = torch.where(better, chunk_index + first, best_pair)
-
-    flat_pair = best_pair.flatten(start_dim=2)  # (B, V, H * W)
-    ends = [
-        torch.gather(uv, 2, pairs[flat_pair, side][..., None].expand(-1, -1, -1, 2)) for side in (0, 1)
-    ]  # each (B, V, H * W, 2)
-    u_grid = u_centres.repeat(height)
-    v_grid = v_centres.repeat_interleave(width)
-    distance_sq = _point_segment_distance_sq(u_grid, v_grid, ends[0], ends[1], min_length_sq)
-    value = pair_weights[flat_pair] * torch.exp(-distance_sq / (2.0 * sigma**2))
-    return value.reshape(batch, views, height, width)
