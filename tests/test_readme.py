@@ -120,6 +120,15 @@ def test_the_pipeline_figure_draws(tmp_path):
     assert module.draw(tmp_path / "pipeline.png").stat().st_size > 20_000
 
 
+def test_the_synthetic_world_figure_draws(tmp_path):
+    pytest.importorskip("pybullet")
+    path = ROOT / "docs" / "synthetic_world_figure.py"
+    spec = importlib.util.spec_from_file_location("synthetic_world_figure", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.draw(tmp_path / "world.png", samples=1, resolution=48).stat().st_size > 10_000
+
+
 @pytest.mark.parametrize(
     "words",
     [
