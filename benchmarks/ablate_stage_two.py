@@ -25,6 +25,7 @@ from bench_quality import joint_names, ours, render, supervised, truth
 from cache_schema import CacheReader
 from stages.evaluation.evaluate import procrustes_mean_baseline
 from stages.keypoints.config import StageTwoConfig
+from stages.synthetic.world import SyntheticWorldConfig
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -59,9 +60,10 @@ def main() -> None:
     from bench_quality import base_config
 
     config = dataclasses.replace(base_config(args.steps), seed=args.seed, **parse_overrides(args.set))
-    folder = args.work / f"{args.category}-v{args.world_version or 'default'}"
-    train = render(folder, args.category, "train", args.train_samples, args.world_version)
-    test = render(folder, args.category, "test", args.test_samples, args.world_version)
+    version = args.world_version or SyntheticWorldConfig().version
+    folder = args.work / f"{args.category}-v{version}"
+    train = render(folder, args.category, "train", args.train_samples, version)
+    test = render(folder, args.category, "test", args.test_samples, version)
     a, b = CacheReader(train).done_indices(), CacheReader(test).done_indices()
     shape = procrustes_mean_baseline(
         truth(train, a), truth(test, b), 0, joint_names=joint_names(train)
@@ -83,7 +85,7 @@ def main() -> None:
                 "category": args.category,
                 "seed": args.seed,
                 "steps": args.steps,
-                "world_version": args.world_version,
+                "world_version": version,
                 "overrides": args.set,
                 "regression": r["regression"],
                 "p_mpjpe_mm": r["p_mpjpe_mm"],

@@ -130,7 +130,8 @@ def test_supervised_upper_bound_moves_keypoints_towards_the_joints(split_caches)
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
 
 
-def test_dense_supervised_losses_bring_predictions_closer_to_the_joints(split_caches):
+@pytest.mark.parametrize("losses", [{}, {"flip_invariant": True}])
+def test_dense_supervised_losses_bring_predictions_closer_to_the_joints(split_caches, losses):
     from cache_schema import CacheReader
     from stages.keypoints.predict import predict_cache
 
@@ -139,7 +140,9 @@ def test_dense_supervised_losses_bring_predictions_closer_to_the_joints(split_ca
     config = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": joints, "steps": 40, "batch_size": 4})
     errors = []
     for steps in (1, 40):
-        model = train_supervised(dataclasses.replace(config, steps=steps), [split_caches["train"]])
+        model = train_supervised(
+            dataclasses.replace(config, steps=steps), [split_caches["train"]], losses=SupervisedLosses(**losses)
+        )
         predicted = predict_cache(model, split_caches["train"], config.num_views)
         truth = reader.read_ground_truth(predicted["index"].tolist())["joints_3d"]
         errors.append(np.linalg.norm(predicted["keypoints_3d"] - truth, axis=-1).mean())

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cache_schema import CacheReader
+from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
 from stages.keypoints import geometry
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import CacheTrainingSet, batch_indices
@@ -58,6 +60,11 @@ class SupervisedLosses:
     """Width of the voxel target, in voxels."""
     heatmap_sigma: float = 1.0
     """Width of the 2D target, in feature pixels."""
+    flip_invariant: bool = False
+    """Score each sample against the better of its two labellings (as given, and with every
+    left/right pair swapped), as the flip-aware P-MPJPE does. The bound then learns where
+    the limbs are without having to tell a left limb from a right one, the part that
+    symmetric clothing leaves to the face alone."""
 
     def __post_init__(self) -> None:
         for name in ("distance", "voxel_ce", "heatmap_ce"):
@@ -77,20 +84,32 @@ def voxel_cross_entropy(
     probabilities: torch.Tensor, centres: torch.Tensor, joints: torch.Tensor, sigma: float
 ) -> torch.Tensor:
     """probabilities (B, J, M, M, M), centres (M, M, M, 3), joints (B, J, 3); sigma in world units."""
+    return voxel_cross_entropy_per_sample(probabilities, centres, joints, sigma).mean()
+
+
+def voxel_cross_entropy_per_sample(
+    probabilities: torch.Tensor, centres: torch.Tensor, joints: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """As voxel_cross_entropy, averaged over joints only: (B,)."""
     flat = probabilities.flatten(2)
     distance_sq = ((centres.reshape(1, 1, -1, 3) - joints[:, :, None]) ** 2).sum(-1)
     target = _soft_target(distance_sq, sigma)
-    return -(target * torch.log(flat.clamp_min(1e-12))).sum(-1).mean()
+    return -(target * torch.log(flat.clamp_min(1e-12))).sum(-1).mean(-1)
 
 
 def heatmap_cross_entropy(logits: torch.Tensor, uv: torch.Tensor, sigma: float) -> torch.Tensor:
     """logits (B, V, J, h, w); uv (B, V, J, 2) in pixels of the h x w map; sigma in those pixels."""
+    return heatmap_cross_entropy_per_sample(logits, uv, sigma).mean()
+
+
+def heatmap_cross_entropy_per_sample(logits: torch.Tensor, uv: torch.Tensor, sigma: float) -> torch.Tensor:
+    """As heatmap_cross_entropy, averaged over views and joints only: (B,)."""
     h, w = logits.shape[-2:]
     u = torch.arange(w, dtype=uv.dtype) + 0.5
     v = torch.arange(h, dtype=uv.dtype) + 0.5
     distance_sq = (v[:, None] - uv[..., 1, None, None]) ** 2 + (u[None, :] - uv[..., 0, None, None]) ** 2
     target = _soft_target(distance_sq.flatten(-2), sigma)
-    return -(target * torch.log_softmax(logits.flatten(-2), dim=-1)).sum(-1).mean()
+    return -(target * torch.log_softmax(logits.flatten(-2), dim=-1)).sum(-1).mean(dim=(1, 2))
 
 
 def train_supervised(
@@ -121,6 +140,10 @@ def train_supervised(
     )
     extent = model.config.volume_half_extent
     voxel = 2.0 * extent / model.config.volume_size
+    swap = None
+    if losses.flip_invariant:
+        names = CacheReader(caches[0]).layout.ground_truth.joint_names
+        swap = torch.from_numpy(label_swap_permutation(left_right_pairs(names), len(names)))
     model.train()
     for step in range(config.steps):
         rows = batch_indices(len(dataset), config.batch_size, config.seed, step).tolist()
@@ -129,17 +152,28 @@ def train_supervised(
         features = model.view_features(model_inputs(model, batch))
         volume = model.lift(features, intrinsics, world_to_camera)
         keypoints, probabilities = geometry.soft_argmax_3d(model.volume_net(volume), model.voxel_centres)
-        loss = losses.distance * (((keypoints - joints) / extent) ** 2).sum(-1).mean()
-        if losses.voxel_ce > 0:
-            loss = loss + losses.voxel_ce * voxel_cross_entropy(
-                probabilities, model.voxel_centres, joints, losses.voxel_sigma * voxel
-            )
-        if losses.heatmap_ce > 0:
-            b, v = features.shape[:2]
-            logits = joint_head(features.flatten(0, 1)).unflatten(0, (b, v))
-            scale = features.shape[-1] / model.config.image_size
-            uv, _ = geometry.project_to_views(joints, intrinsics, world_to_camera)
-            loss = loss + losses.heatmap_ce * heatmap_cross_entropy(logits, uv * scale, losses.heatmap_sigma)
+        b, v = features.shape[:2]
+        logits = joint_head(features.flatten(0, 1)).unflatten(0, (b, v)) if losses.heatmap_ce > 0 else None
+        scale = features.shape[-1] / model.config.image_size
+
+        def per_sample(target: torch.Tensor) -> torch.Tensor:
+            """The weighted loss of each sample (B,) against joints `target` (B, J, 3)."""
+            total = losses.distance * (((keypoints - target) / extent) ** 2).sum(-1).mean(-1)
+            if losses.voxel_ce > 0:
+                total = total + losses.voxel_ce * voxel_cross_entropy_per_sample(
+                    probabilities, model.voxel_centres, target, losses.voxel_sigma * voxel
+                )
+            if logits is not None:
+                uv, _ = geometry.project_to_views(target, intrinsics, world_to_camera)
+                total = total + losses.heatmap_ce * heatmap_cross_entropy_per_sample(
+                    logits, uv * scale, losses.heatmap_sigma
+                )
+            return total
+
+        sample_loss = per_sample(joints)
+        if swap is not None:
+            sample_loss = torch.minimum(sample_loss, per_sample(joints[:, swap]))
+        loss = sample_loss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
