@@ -44,14 +44,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--category", default="humanoid")
     parser.add_argument("--method", choices=("ours", "supervised"), default="ours")
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--test-samples", type=int, default=500)
-    parser.add_argument("--world-version", type=int, default=None, help="synthetic world version (default: current)")
+    parser.add_argument(
+        "--world-version", type=int, default=None, help="synthetic world version (default: current)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--name", default=None)
     parser.add_argument("--work", type=Path, default=Path("bench-results/ablation-work"))

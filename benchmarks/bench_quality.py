@@ -35,6 +35,7 @@ from typing import Any
 from cache_schema import CacheReader
 from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig
+from stages.evaluation.consistency import keypoint_joint_consistency
 from stages.evaluation.evaluate import (
     EvalConfig,
     mean_pose_baseline,
@@ -42,8 +43,7 @@ from stages.evaluation.evaluate import (
     regress_and_score,
     score,
 )
-from stages.evaluation.consistency import keypoint_joint_consistency
-from stages.evaluation.supervised import train_supervised
+from stages.evaluation.supervised import SupervisedLosses, train_supervised
 from stages.keypoints.checkpoint import load_run
 from stages.keypoints.config import StageTwoConfig, preset
 from stages.keypoints.predict import predict_cache
@@ -97,14 +97,26 @@ def ours(folder: Path, name: str, train: Path, test: Path, config: Any) -> tuple
     return [{**r.summary(), "consistency": consistency} for r in results], minutes
 
 
+SUPERVISED_LOSSES = SupervisedLosses(flip_invariant=True)
+"""The bound's losses: dense (voxel and 2D heatmap cross-entropy beside the distance) and
+flip-invariant, so it is a ceiling for the flip-aware P-MPJPE."""
+
+
 def supervised(train: Path, test: Path, config: Any) -> tuple[dict, float]:
-    """The upper bound: the same network trained on the joints with the dense losses."""
+    """The upper bound: the same network trained on the joints with the dense losses, at the
+    cache's full resolution (config.pixel_input_size 0 means render_size: 64 px)."""
     names = joint_names(train)
+    size = CacheReader(train).layout.image_size
+    config = dataclasses.replace(
+        config, num_keypoints=len(names), pixel_input_size=config.pixel_input_size or size
+    )
     tic = time.perf_counter()
-    model = train_supervised(dataclasses.replace(config, num_keypoints=len(names)), [train])
+    model = train_supervised(config, [train], losses=SUPERVISED_LOSSES)
     minutes = (time.perf_counter() - tic) / 60
     b = predict_cache(model, test, config.num_views)
-    return score("direct", b["keypoints_3d"], truth(test, b["index"]), 0, joint_names=names).summary(), minutes
+    return score(
+        "direct", b["keypoints_3d"], truth(test, b["index"]), 0, joint_names=names
+    ).summary(), minutes
 
 
 def main() -> None:
@@ -134,7 +146,10 @@ def main() -> None:
         names = joint_names(train)
         for method, baseline in (
             ("mean pose", mean_pose_baseline(truth(train, a), truth(test, b), 0, joint_names=names)),
-            ("Procrustes mean", procrustes_mean_baseline(truth(train, a), truth(test, b), 0, joint_names=names)),
+            (
+                "Procrustes mean",
+                procrustes_mean_baseline(truth(train, a), truth(test, b), 0, joint_names=names),
+            ),
         ):
             fixed = {"category": category, "method": method, "views": "-", "kp": "-", "seed": "-"}
             rows.append({**fixed, "minutes": 0.0, **baseline.summary()})

@@ -141,7 +141,9 @@ def test_dense_supervised_losses_bring_predictions_closer_to_the_joints(split_ca
     errors = []
     for steps in (1, 40):
         model = train_supervised(
-            dataclasses.replace(config, steps=steps), [split_caches["train"]], losses=SupervisedLosses(**losses)
+            dataclasses.replace(config, steps=steps),
+            [split_caches["train"]],
+            losses=SupervisedLosses(**losses),
         )
         predicted = predict_cache(model, split_caches["train"], config.num_views)
         truth = reader.read_ground_truth(predicted["index"].tolist())["joints_3d"]

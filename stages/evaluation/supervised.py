@@ -112,6 +112,47 @@ def heatmap_cross_entropy_per_sample(logits: torch.Tensor, uv: torch.Tensor, sig
     return -(target * torch.log_softmax(logits.flatten(-2), dim=-1)).sum(-1).mean(dim=(1, 2))
 
 
+@dataclass(frozen=True)
+class SupervisedOutputs:
+    """What one forward pass gives the supervised losses."""
+
+    keypoints: torch.Tensor
+    """(B, J, 3) soft-argmax positions."""
+    probabilities: torch.Tensor
+    """(B, J, M, M, M) voxel distributions."""
+    heatmap_logits: torch.Tensor | None
+    """(B, V, J, h, w) of the auxiliary 2D head, or None without the heatmap term."""
+    feature_scale: float
+    """h / image size: cache pixels to feature pixels."""
+
+
+def supervised_loss_per_sample(
+    outputs: SupervisedOutputs,
+    joints: torch.Tensor,
+    centres: torch.Tensor,
+    intrinsics: torch.Tensor,
+    world_to_camera: torch.Tensor,
+    extent: float,
+    voxel: float,
+    losses: SupervisedLosses,
+) -> torch.Tensor:
+    """The weighted loss of each sample (B,) against joints (B, J, 3).
+
+    centres (M, M, M, 3); intrinsics (B, V, 3, 3) and world_to_camera (B, V, 4, 4) at the
+    cache's image size; extent the volume's half side and voxel its voxel side (world units)."""
+    total = losses.distance * (((outputs.keypoints - joints) / extent) ** 2).sum(-1).mean(-1)
+    if losses.voxel_ce > 0:
+        total = total + losses.voxel_ce * voxel_cross_entropy_per_sample(
+            outputs.probabilities, centres, joints, losses.voxel_sigma * voxel
+        )
+    if outputs.heatmap_logits is not None:
+        uv, _ = geometry.project_to_views(joints, intrinsics, world_to_camera)
+        total = total + losses.heatmap_ce * heatmap_cross_entropy_per_sample(
+            outputs.heatmap_logits, uv * outputs.feature_scale, losses.heatmap_sigma
+        )
+    return total
+
+
 def train_supervised(
     config: StageTwoConfig,
     caches: Sequence[Path],
@@ -148,31 +189,25 @@ def train_supervised(
     for step in range(config.steps):
         rows = batch_indices(len(dataset), config.batch_size, config.seed, step).tolist()
         batch = dataset.__getitems__(rows)
-        intrinsics, world_to_camera, joints = batch["intrinsics"], batch["world_to_camera"], batch["joints_3d"]
+        intrinsics, world_to_camera, joints = (
+            batch["intrinsics"],
+            batch["world_to_camera"],
+            batch["joints_3d"],
+        )
         features = model.view_features(model_inputs(model, batch))
         volume = model.lift(features, intrinsics, world_to_camera)
         keypoints, probabilities = geometry.soft_argmax_3d(model.volume_net(volume), model.voxel_centres)
         b, v = features.shape[:2]
         logits = joint_head(features.flatten(0, 1)).unflatten(0, (b, v)) if losses.heatmap_ce > 0 else None
-        scale = features.shape[-1] / model.config.image_size
-
-        def per_sample(target: torch.Tensor) -> torch.Tensor:
-            """The weighted loss of each sample (B,) against joints `target` (B, J, 3)."""
-            total = losses.distance * (((keypoints - target) / extent) ** 2).sum(-1).mean(-1)
-            if losses.voxel_ce > 0:
-                total = total + losses.voxel_ce * voxel_cross_entropy_per_sample(
-                    probabilities, model.voxel_centres, target, losses.voxel_sigma * voxel
-                )
-            if logits is not None:
-                uv, _ = geometry.project_to_views(target, intrinsics, world_to_camera)
-                total = total + losses.heatmap_ce * heatmap_cross_entropy_per_sample(
-                    logits, uv * scale, losses.heatmap_sigma
-                )
-            return total
-
-        sample_loss = per_sample(joints)
+        outputs = SupervisedOutputs(
+            keypoints, probabilities, logits, features.shape[-1] / model.config.image_size
+        )
+        args = (model.voxel_centres, intrinsics, world_to_camera, extent, voxel, losses)
+        sample_loss = supervised_loss_per_sample(outputs, joints, *args)
         if swap is not None:
-            sample_loss = torch.minimum(sample_loss, per_sample(joints[:, swap]))
+            sample_loss = torch.minimum(
+                sample_loss, supervised_loss_per_sample(outputs, joints[:, swap], *args)
+            )
         loss = sample_loss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,7 +13,6 @@ from stages.keypoints.decoder import AppearanceEncoder, AppearanceTransport, Vie
 from stages.keypoints.features import DeepPixelEncoder, HyperfeatureAggregator, KeypointHead, PixelEncoder
 from stages.keypoints.v2v import V2VNet
 
-
 TRANSPORT_CHANNELS = 8
 """T, channels of the per-keypoint appearance that AppearanceTransport carries between views."""
 

@@ -42,7 +42,9 @@ def predict_cache(
     )
     if model.config.feature_source == "diffusion" and len(wanted) != len(model.config.feature_layer_channels):
         raise TrainingError(f"{cache}: feature layers {wanted} do not match the model's")
-    dataset = CacheTrainingSet([cache], num_views, model.config.render_size, bool(wanted), model.config.pixel_input_size)
+    dataset = CacheTrainingSet(
+        [cache], num_views, model.config.render_size, bool(wanted), model.config.pixel_input_size
+    )
     count = len(dataset) if limit is None else min(limit, len(dataset))
     model = model.to(device).eval()
     points, pixels, depths = [], [], []

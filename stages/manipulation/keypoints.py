@@ -19,7 +19,9 @@ def predict_sample_keypoints(run: TrainedRun, cache: str | Path, index: int) -> 
     model = run.model
     device = next(model.parameters()).device
     with_features = model.config.feature_source == "diffusion"
-    dataset = CacheTrainingSet([Path(cache)], run.num_views, model.config.render_size, with_features, model.config.pixel_input_size)
+    dataset = CacheTrainingSet(
+        [Path(cache)], run.num_views, model.config.render_size, with_features, model.config.pixel_input_size
+    )
     rows = np.flatnonzero(dataset.items[:, 1] == index)
     if not len(rows):
         raise SampleNotReadyError(f"{cache}: sample {index} is not done; it has no views to predict from")
