@@ -62,6 +62,18 @@ def fit_command(
     lr: float | None = typer.Option(None, help="Learning rate of the keypoint network."),
     lr_reconstruction: float | None = typer.Option(None, help="Learning rate of the reconstruction network."),
     lambda_rotation: float | None = typer.Option(None, help="Weight of the 3D rotation consistency loss."),
+    pixel_encoder: str | None = typer.Option(
+        None, help="With --features pixels: shallow (13 px receptive field) | deep (about 127 px)."
+    ),
+    pixel_input_size: int | None = typer.Option(
+        None, help="Side at which the pixel encoder reads the views (0: the render size)."
+    ),
+    lambda_colour: float | None = typer.Option(None, help="Weight of the L1 colour term of the reconstruction."),
+    appearance_transport: bool | None = typer.Option(
+        None, help="Carry each keypoint's view-0 appearance to its projection in every view."
+    ),
+    adjacency_init: float | None = typer.Option(None, help="Initial edge logit (AutoLink: about -4)."),
+    adjacency_lr_scale: float | None = typer.Option(None, help="Learning-rate multiplier of the edge logits."),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (each writes a PNG)."),
     log_every: int | None = typer.Option(None, help="Steps between metrics.jsonl lines."),
     workers: int | None = typer.Option(None, help="Data loader worker processes."),
@@ -85,6 +97,12 @@ def fit_command(
             lr=lr,
             lr_reconstruction=lr_reconstruction,
             lambda_rotation=lambda_rotation,
+            pixel_encoder=pixel_encoder,
+            pixel_input_size=pixel_input_size,
+            lambda_colour=lambda_colour,
+            appearance_transport=appearance_transport,
+            adjacency_init=adjacency_init,
+            adjacency_lr_scale=adjacency_lr_scale,
             checkpoint_every=checkpoint_every,
             log_every=log_every,
             loader_workers=workers,

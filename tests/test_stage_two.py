@@ -165,6 +165,24 @@ def test_cli_fit_then_predict_writes_keypoints_and_previews(render_cache, tmp_pa
     assert result.exit_code == 2 and "no checkpoint" in result.output
 
 
+def test_cli_fit_takes_the_part_identity_options_and_names_a_bad_one(render_cache, tmp_path):
+    common = [
+        "fit", str(render_cache), "--steps", "1", "--perceptual", "ssim", "--num-keypoints", "5",
+        "--volume-size", "8", "--workers", "0", "--no-progress", "--features", "pixels",
+    ]  # fmt: skip
+    options = [
+        "--pixel-encoder", "deep", "--pixel-input-size", "64", "--lambda-colour", "0.5",
+        "--appearance-transport", "--adjacency-init", "-4", "--adjacency-lr-scale", "64",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "run"), *options])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["stage_two"]
+    assert (saved["pixel_encoder"], saved["pixel_input_size"], saved["lambda_colour"]) == ("deep", 64, 0.5)
+    assert saved["appearance_transport"] and (saved["adjacency_init"], saved["adjacency_lr_scale"]) == (-4, 64)
+    bad = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "bad"), "--pixel-encoder", "resnet"])
+    assert bad.exit_code == 2 and "pixel_encoder" in bad.output and "Traceback" not in bad.output
+
+
 def test_prediction_projects_the_3d_keypoints_it_returns(render_cache, tmp_path):
     fit(FitJob((render_cache,), tmp_path / "run", TINY))
     model = load_model(latest_checkpoint(tmp_path / "run"))
