@@ -68,12 +68,12 @@ def fit_command(
     pixel_input_size: int | None = typer.Option(
         None, help="Side at which the pixel encoder reads the views (0: the render size)."
     ),
-    lambda_colour: float | None = typer.Option(None, help="Weight of the L1 colour term of the reconstruction."),
+    lambda_colour: float | None = typer.Option(None, help="Weight of the L1 colour term."),
     appearance_transport: bool | None = typer.Option(
         None, help="Carry each keypoint's view-0 appearance to its projection in every view."
     ),
     adjacency_init: float | None = typer.Option(None, help="Initial edge logit (AutoLink: about -4)."),
-    adjacency_lr_scale: float | None = typer.Option(None, help="Learning-rate multiplier of the edge logits."),
+    adjacency_lr_scale: float | None = typer.Option(None, help="Learning-rate multiplier of edge logits."),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (each writes a PNG)."),
     log_every: int | None = typer.Option(None, help="Steps between metrics.jsonl lines."),
     workers: int | None = typer.Option(None, help="Data loader worker processes."),

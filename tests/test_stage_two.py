@@ -178,7 +178,8 @@ def test_cli_fit_takes_the_part_identity_options_and_names_a_bad_one(render_cach
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["stage_two"]
     assert (saved["pixel_encoder"], saved["pixel_input_size"], saved["lambda_colour"]) == ("deep", 64, 0.5)
-    assert saved["appearance_transport"] and (saved["adjacency_init"], saved["adjacency_lr_scale"]) == (-4, 64)
+    assert saved["appearance_transport"]
+    assert (saved["adjacency_init"], saved["adjacency_lr_scale"]) == (-4, 64)
     bad = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "bad"), "--pixel-encoder", "resnet"])
     assert bad.exit_code == 2 and "pixel_encoder" in bad.output and "Traceback" not in bad.output
 
