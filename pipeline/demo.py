@@ -226,6 +226,20 @@ def _held_out_views(run_dir: Path, cache: Path, out: Path, samples: int = 3) -> 
     return write_keypoint_views(out, views, predicted["keypoints_2d"], weights, titles)
 
 
+MEAN_SHAPE = "Procrustes mean shape (baseline)"
+
+
+def against_mean_shape(result: dict[str, Any]) -> str:
+    """One sentence: ours + MLP's P-MPJPE against the Procrustes mean shape's, by how much."""
+    ours = next(r for r in result["results"] if r["regression"] == "mlp")["p_mpjpe_mm"]
+    shape = next(b for b in result["baselines"] if b["method"] == MEAN_SHAPE)["p_mpjpe_mm"]
+    verdict = "beats" if ours < shape else "does NOT beat"
+    return (
+        f"ours + MLP {verdict} the Procrustes mean shape in P-MPJPE: {ours:.1f} vs {shape:.1f} mm "
+        f"({shape - ours:+.1f} mm, {ours / shape:.2f}x)"
+    )
+
+
 def _write_report(out: Path, result: dict[str, Any], tables: dict[str, str]) -> Path:
     """report.md from the summary and the evaluation's Markdown tables (table, per_joint, consistency)."""
     minutes = result["minutes"]
@@ -245,6 +259,8 @@ Budget {result["budget_minutes"]:g} min on {result["cpu_count"]} CPU cores; took
   true joints, fitted on the training cache and scored on the held-out cache.
 
 ## Results on held-out clips
+
+**{against_mean_shape(result)}.**
 
 {tables["table"]}
 The flip-aware P-MPJPE scores each sample against the better of its ground truth and the

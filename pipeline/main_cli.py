@@ -33,7 +33,7 @@ def demo_command(
     seed: int = typer.Option(0, help="Seed of the rendered poses, training and regressors."),
 ) -> None:
     """Render the synthetic world, train without labels, evaluate on held-out clips, write a report."""
-    from pipeline.demo import DemoConfig, run_demo
+    from pipeline.demo import DemoConfig, against_mean_shape, run_demo
 
     try:
         config = DemoConfig(out, minutes, category, train_samples, test_samples, steps, seed)
@@ -77,6 +77,7 @@ def demo_command(
     typer.echo(
         f"  keypoint consistency (mean over keypoints) {s['keypoint_consistency']['mean_consistency']:.2f}"
     )
+    typer.echo(f"  {against_mean_shape(s)}")
     typer.echo(f"  report:  {result.report}")
     for name, path in s["files"].items():
         typer.echo(f"  {name + ':':20s} {path}")

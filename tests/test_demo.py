@@ -74,6 +74,11 @@ def test_demo_command_with_the_cpu_preset_prints_a_summary(tmp_path):
     assert all(r["pf_mpjpe_mm"] <= r["p_mpjpe_mm"] + 1e-9 for r in summary["results"] + summary["baselines"])
     assert "flip-aware" in result.output and "keypoint consistency" in result.output
     assert str(out / "report.md") in result.output
+    # The verdict against the constant to beat, by how much, in the output and the report.
+    mlp = next(r for r in summary["results"] if r["regression"] == "mlp")["p_mpjpe_mm"]
+    shape = next(b for b in summary["baselines"] if "Procrustes" in b["method"])["p_mpjpe_mm"]
+    verdict = f"the Procrustes mean shape in P-MPJPE: {mlp:.1f} vs {shape:.1f} mm ({shape - mlp:+.1f} mm"
+    assert verdict in result.output and verdict in (out / "report.md").read_text()
 
 
 def test_demo_rejects_a_bad_budget_naming_the_option(tmp_path):
