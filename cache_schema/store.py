@@ -8,6 +8,7 @@ leaves its samples pending, never done-but-partial, and a rerun redoes the shard
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ class CacheStore:
         if path.exists():
             if not overwrite:
                 raise CacheError(f"{path} exists; pass overwrite=True to replace it")
+            check_removable_store(path)
             shutil.rmtree(path)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         for spec in layout.arrays().values():
@@ -207,6 +209,40 @@ def _strings(values: object) -> np.ndarray:
     """Fixed-width str array from zarr's variable-length strings (StringDType)."""
     # numpy cannot cast StringDType to an unsized str dtype directly.
     return np.asarray(np.asarray(values, dtype=object).tolist(), dtype=str)
+
+
+def check_removable_store(path: Path) -> None:
+    """Raise CacheError unless `path` is a KeyDiff3D store, finished or half-created.
+
+    --overwrite deletes the folder it names: only a folder that is recognisably ours may go.
+    A finished store has a group zarr.json with our attributes; a half-created one (killed
+    before its metadata was written) has a group zarr.json without attributes and nothing
+    but zarr nodes beside it.
+    """
+    refuse = f"--out {path}: refusing to delete it for --overwrite, since it is not a KeyDiff3D store"
+    if not path.is_dir():
+        raise CacheError(f"{refuse} (it is a file); remove it yourself or choose another --out")
+    meta = path / "zarr.json"
+    try:
+        node = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise CacheError(
+            f"{refuse} (no readable zarr.json); remove it yourself or choose another --out"
+        ) from None
+    if not isinstance(node, dict) or node.get("node_type") != "group":
+        raise CacheError(f"{refuse} ({meta} is not a zarr group); remove it yourself or choose another --out")
+    if ATTRS_KEY in (node.get("attributes") or {}):
+        return
+    strangers = sorted(
+        entry.name
+        for entry in path.iterdir()
+        if entry.name != "zarr.json" and not (entry.is_dir() and (entry / "zarr.json").is_file())
+    )
+    if node.get("attributes") or strangers:
+        raise CacheError(
+            f"{refuse} (a zarr group without KeyDiff3D metadata, holding "
+            f"{strangers[:3] or 'other attributes'}); remove it yourself or choose another --out"
+        )
 
 
 def _create_array(group: zarr.Group, spec: ArraySpec) -> zarr.Array:

@@ -74,6 +74,14 @@ class GenerateJob:
             )
         if self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.images is not None:
+            inputs, out = Path(self.images).resolve(), Path(self.out).resolve()
+            inside = inputs.is_dir() and out.is_relative_to(inputs)
+            if out == inputs or inputs.is_relative_to(out) or inside:
+                raise ValueError(
+                    f"--out {self.out} and IMAGES {self.images} overlap: the store must lie outside "
+                    "the inputs and must not contain them"
+                )
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
 

@@ -36,9 +36,7 @@ still listed; stage one records them as failed.
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +47,7 @@ from stages.datasets.errors import AnnotationError
 from stages.datasets.files import require_file
 from stages.datasets.h36m_cameras import H36MCamera, project_pinhole, read_cameras, world_to_camera
 from stages.datasets.preparation import BACKGROUND_MASK, BACKGROUND_PHOTO
+from stages.datasets.safe_npz import read_pickled_member
 from stages.datasets.selection import DatasetSelection, DatasetSources, dataset_record
 from stages.errors import ConfigError
 from stages.sources import ImageSource
@@ -119,19 +118,14 @@ def select_actions(available: list[str], actions: str) -> list[str]:
 def read_positions(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """positions_3d of data_3d_h36m.npz: subject -> action -> (F, 32, 3) world metres.
 
-    The file holds a pickled dict (VideoPose3D's format), so it is loaded with
-    allow_pickle: read only files from a source you trust.
+    The file holds a pickled dict (VideoPose3D's format); it is unpickled by
+    `read_pickled_member`, which builds only dicts, strings, numbers and numpy arrays, so a
+    crafted file cannot run code.
     """
-    # np.load with allow_pickle unpickles a file that is not a zip: refuse it first.
-    if not zipfile.is_zipfile(path):
-        raise AnnotationError(f"{path}: not a readable npz file (not a zip archive)")
     try:
-        with np.load(path, allow_pickle=True) as archive:
-            if "positions_3d" not in archive.files:
-                raise AnnotationError(f"{path}: no array 'positions_3d' (it has: {', '.join(archive.files)})")
-            data = archive["positions_3d"].item()
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as exc:
-        raise AnnotationError(f"{path}: not a readable npz file ({exc})") from None
+        data = read_pickled_member(path, "positions_3d")
+    except ValueError as exc:
+        raise AnnotationError(str(exc)) from None
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: positions_3d must hold a dict of subjects, got {type(data).__name__}")
     positions: dict[str, dict[str, np.ndarray]] = {}

@@ -1,0 +1,74 @@
+"""Read a pickled object member of an .npz without running code from the file.
+
+VideoPose3D's data_3d_h36m.npz stores a dict of numpy arrays as a pickled object array,
+which np.load(allow_pickle=True) would unpickle with the full pickle machinery: a crafted
+file runs any code it names. This reader parses the .npy header with numpy and unpickles
+the payload with an Unpickler that builds only dicts, lists, strings, numbers and numpy
+arrays; a file that names anything else is refused before anything it names runs.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.lib.format as npy_format
+
+# (module, name) pairs that numpy arrays and dtypes pickle to, in numpy 1.x and 2.x.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
+        return super().find_class(module, name)
+
+
+def read_pickled_member(path: Path, member: str) -> Any:
+    """The object stored as `member` (e.g. 'positions_3d') of the npz at `path`.
+
+    Raises ValueError naming the file for a non-zip file, a missing member, a bad header,
+    or a pickle that names anything but numpy arrays.
+    """
+    name = f"{member}.npy"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if name not in archive.namelist():
+                members = ", ".join(n.removesuffix(".npy") for n in archive.namelist())
+                raise ValueError(f"{path}: no array '{member}' (it has: {members})")
+            data = io.BytesIO(archive.read(name))
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable npz file ({exc})") from None
+    try:
+        version = npy_format.read_magic(data)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(data)
+        else:
+            shape, fortran, dtype = npy_format.read_array_header_2_0(data)
+        if not dtype.hasobject:
+            return _plain_array(data, shape, fortran, dtype)
+        value = _ArraysOnlyUnpickler(data).load()
+    except (ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot read '{member}' safely ({exc})") from None
+    return (
+        value.item() if isinstance(value, np.ndarray) and value.dtype.hasobject and value.ndim == 0 else value
+    )
+
+
+def _plain_array(data: io.BytesIO, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> np.ndarray:
+    """A non-object array from the bytes after its header."""
+    count = int(np.prod(shape)) if shape else 1
+    array = np.frombuffer(data.read(count * dtype.itemsize), dtype=dtype, count=count)
+    return array.reshape(shape, order="F" if fortran else "C")
