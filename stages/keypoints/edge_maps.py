@@ -104,16 +104,9 @@ def edge_maps(
     Returns:
         (B, V, H, W) edge maps.
     """
-    sizes: dict[str, int] = {}
-    check_shape("uv", uv, ("B", "V", "N", 2), sizes)
-    check_shape("edge_weights", edge_weights, ("N", "N"), sizes)
-    require_positive("sigma", sigma)
-    require_positive("pairs_per_chunk", pairs_per_chunk)
-    batch, views, num_keypoints, _ = uv.shape
-    pairs = pair_indices(num_keypoints, device=uv.device)
+    pairs, pair_weights = _checked_pairs(uv, edge_weights, sigma, pairs_per_chunk)
     if len(pairs) == 0:
-        return uv.new_zeros(batch, views, height, width)
-    pair_weights = edge_weights[pairs[:, 0], pairs[:, 1]]
+        return uv.new_zeros(*uv.shape[:2], height, width)
     with torch.no_grad():
         if (pair_weights < 0).any():
             raise ValueError("edge_weights must be >= 0 above the diagonal (the search compares log w)")
@@ -121,6 +114,19 @@ def edge_maps(
             uv, pair_weights, pairs, height, width, sigma, pairs_per_chunk, min_length_sq
         )
     return _winner_values(uv, pair_weights, pairs, winners, height, width, sigma, min_length_sq)
+
+
+def _checked_pairs(
+    uv: Tensor, edge_weights: Tensor, sigma: float, pairs_per_chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Check the edge-map arguments; the pairs (E, 2) and their weights (E,)."""
+    sizes: dict[str, int] = {}
+    check_shape("uv", uv, ("B", "V", "N", 2), sizes)
+    check_shape("edge_weights", edge_weights, ("N", "N"), sizes)
+    require_positive("sigma", sigma)
+    require_positive("pairs_per_chunk", pairs_per_chunk)
+    pairs = pair_indices(uv.shape[2], device=uv.device)
+    return pairs, edge_weights[pairs[:, 0], pairs[:, 1]]
 
 
 def _winning_pairs(
@@ -250,17 +256,11 @@ def edge_maps_reference(
     (B, V, pairs_per_chunk, H, W) tensor; ties (also between underflowed zeros) go to the
     first pair. The value is then recomputed with autograd for the winning pair only.
     """
-    sizes: dict[str, int] = {}
-    check_shape("uv", uv, ("B", "V", "N", 2), sizes)
-    check_shape("edge_weights", edge_weights, ("N", "N"), sizes)
-    require_positive("sigma", sigma)
-    require_positive("pairs_per_chunk", pairs_per_chunk)
+    pairs, pair_weights = _checked_pairs(uv, edge_weights, sigma, pairs_per_chunk)
     u_centres, v_centres = pixel_centres(height, width, uv)
-    batch, views, num_keypoints, _ = uv.shape
-    pairs = pair_indices(num_keypoints, device=uv.device)
+    batch, views = uv.shape[:2]
     if len(pairs) == 0:
         return uv.new_zeros(batch, views, height, width)
-    pair_weights = edge_weights[pairs[:, 0], pairs[:, 1]]
 
     with torch.no_grad():
         best_value = uv.new_full((batch, views, height, width), float("-inf"))
