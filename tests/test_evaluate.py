@@ -223,3 +223,27 @@ def test_procrustes_mean_sees_through_random_yaw_where_the_plain_mean_does_not()
     # No side names, no pairs: flip-aware is plain P-MPJPE.
     assert shape.pf_mpjpe.overall_mm == shape.p_mpjpe.overall_mm
     assert plain.pf_mpjpe.overall_mm == plain.p_mpjpe.overall_mm
+
+
+def test_nearest_training_pose_finds_a_moved_copy_and_not_an_unseen_pose():
+    from stages.evaluation.evaluate import nearest_training_pose_baseline
+    from stages.keypoints.augment import random_z_rotations
+
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(50, 6, 3)) * 0.3
+    rotations = random_z_rotations(3, __import__("torch").Generator().manual_seed(1)).numpy()
+    picked = [4, 17, 42]
+    # Seen poses, turned, scaled and moved: the oracle finds them exactly.
+    seen = 1.7 * np.einsum("sij,snj->sni", rotations, train[picked]) + rng.normal(size=(3, 1, 3))
+    names = [f"joint{j}" for j in range(6)]
+    found = nearest_training_pose_baseline(train, seen, 0, chunk=7, joint_names=names)
+    assert found.p_mpjpe.overall_mm < 1e-6
+    np.testing.assert_array_equal(found.predictions, train[picked])
+    # Unseen poses: no training pose fits exactly, and the chunking does not change the pick.
+    unseen = rng.normal(size=(10, 6, 3)) * 0.3
+    nearest = nearest_training_pose_baseline(train, unseen, 0, joint_names=names)
+    assert 1.0 < nearest.p_mpjpe.overall_mm
+    one_chunk = nearest_training_pose_baseline(train, unseen, 0, chunk=50, joint_names=names)
+    np.testing.assert_array_equal(nearest.predictions, one_chunk.predictions)
+    with pytest.raises(ValueError, match="train_joints and test_joints"):
+        nearest_training_pose_baseline(train[:, :5], unseen, 0, joint_names=names)
