@@ -227,8 +227,10 @@ def nearest_training_pose_baseline(
     train = np.asarray(train_joints, dtype=np.float64)
     test = np.asarray(test_joints, dtype=np.float64)
     if train.ndim != 3 or test.ndim != 3 or train.shape[1:] != test.shape[1:] or len(train) == 0:
-        raise ValueError(f"train_joints and test_joints must be (S, J, 3) alike, got {train.shape} and {test.shape}")
-    samples, joints = test.shape[:2]
+        raise ValueError(
+            f"train_joints and test_joints must be (S, J, 3) alike, got {train.shape} and {test.shape}"
+        )
+    samples = len(test)
     best_error = np.full(samples, np.inf)
     best_index = np.zeros(samples, dtype=np.int64)
     for start in range(0, len(train), chunk):
