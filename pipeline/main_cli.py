@@ -77,7 +77,9 @@ def demo_command(
     typer.echo(
         f"  keypoint consistency (mean over keypoints) {s['keypoint_consistency']['mean_consistency']:.2f}"
     )
-    typer.echo(f"  {against_mean_shape(s)}")
+    typer.echo(f"  held-out motions: {against_mean_shape(s)}")
+    seen = s["seen_motions"]
+    typer.echo(f"  seen motions ({seen['test_samples']} new draws): {against_mean_shape(seen)}")
     typer.echo(f"  report:  {result.report}")
     for name, path in s["files"].items():
         typer.echo(f"  {name + ':':20s} {path}")

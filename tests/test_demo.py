@@ -42,10 +42,16 @@ def test_budgeted_demo_plans_its_steps_writes_the_report_and_resumes_to_the_same
     assert summary["steps"] == plan["steps"] >= 20 and plan["seconds_per_step"] > 0
     assert (summary["train_samples"], summary["test_samples"]) == (8, 6)
     assert set(summary["minutes"]) == {"render", "train", "evaluate", "total"}
+    # The seen-motions test set: new draws of the training clips, scored by their own regressors.
+    seen = summary["seen_motions"]
+    assert seen["test_samples"] == 6 and {r["regression"] for r in seen["results"]} == {"linear", "mlp"}
+    assert seen["results"] != summary["results"]
 
     report = result.report.read_text()
     assert "| KeyDiff3D (ours) | 4 | 6 | linear |" in report and "| mean pose (baseline) |" in report
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert "## Results on new draws of the training motions" in report
+    assert report.count("the Procrustes mean shape in P-MPJPE") == 2
     assert len(pictures) == 6 and any(p.endswith("consistency.png") for p in pictures)
     assert "| flip-aware P-MPJPE (mm) |" in report and "| left_knee |" in report
     assert "| keypoint | most often nearest joint | consistency |" in report
@@ -79,6 +85,10 @@ def test_demo_command_with_the_cpu_preset_prints_a_summary(tmp_path):
     shape = next(b for b in summary["baselines"] if "Procrustes" in b["method"])["p_mpjpe_mm"]
     verdict = f"the Procrustes mean shape in P-MPJPE: {mlp:.1f} vs {shape:.1f} mm ({shape - mlp:+.1f} mm"
     assert verdict in result.output and verdict in (out / "report.md").read_text()
+    assert (
+        "held-out motions: ours + MLP" in result.output
+        and "seen motions (6 new draws): ours + MLP" in result.output
+    )
 
 
 def test_demo_rejects_a_bad_budget_naming_the_option(tmp_path):
