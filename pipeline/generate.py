@@ -84,6 +84,10 @@ class GenerateJob:
                 )
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.retries < 0:
+            raise ValueError(f"--retries must be >= 0, got {self.retries}")
+        if self.samples_per_shard < 1:
+            raise ValueError(f"--shard-size must be >= 1, got {self.samples_per_shard}")
 
     @property
     def parallel(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,9 @@ from stages.errors import ConfigError
 TAU_MAPPINGS = ("ddpm", "trajectory")
 FEATURE_DTYPES = ("float16", "float32")
 MODEL_DTYPES = ("auto", "float16", "bfloat16", "float32")
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096
+"""Image sizes stage one accepts: SV3D-p runs at 576; 4096 px views of 21 frames already
+need tens of GiB, and larger sizes only fail later with an allocation error."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,17 @@ class OrbitConfig:
             raise ConfigError(
                 f"kept_azimuths_deg must start with 0 (the input view), got {self.kept_azimuths_deg}"
             )
+        # `not low <= x` rather than `x < low`: NaN fails every comparison, so it is refused too.
         if not 0.0 < self.fov_deg < 180.0:
             raise ConfigError(f"fov_deg must be in (0, 180), got {self.fov_deg}")
-        if self.radius <= 0:
-            raise ConfigError(f"radius must be > 0, got {self.radius}")
+        if not 0.0 < self.radius < math.inf:
+            raise ConfigError(f"radius must be finite and > 0, got {self.radius}")
+        if not -90.0 <= self.elevation_deg <= 90.0:
+            raise ConfigError(f"elevation_deg must be in [-90, 90], got {self.elevation_deg}")
+        for name in ("azimuths_deg", "kept_azimuths_deg"):
+            values = getattr(self, name) or ()
+            if not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"{name} must be finite, got {values}")
         indices = self.kept_frame_indices()
         if len(set(indices)) != len(indices):
             raise ConfigError(
@@ -153,8 +164,18 @@ class GenerationConfig:
             raise ConfigError(f"background_threshold must be in [0, 255), got {self.background_threshold}")
         if self.decode_chunk_size < 1:
             raise ConfigError(f"decode_chunk_size must be >= 1, got {self.decode_chunk_size}")
-        if self.resolution is not None and self.resolution < 8:
-            raise ConfigError(f"resolution must be >= 8, got {self.resolution}")
+        if self.resolution is not None and not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
+            raise ConfigError(
+                f"resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {self.resolution}"
+            )
+        for name in ("min_guidance_scale", "max_guidance_scale", "cond_aug"):
+            value = getattr(self, name)
+            if not 0.0 <= value < math.inf:
+                raise ConfigError(f"{name} must be finite and >= 0, got {value}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.max_image_pixels < 1:
+            raise ConfigError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,6 +9,8 @@ longer side divided by `object_fraction`, resized to the model resolution. The s
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,15 +77,15 @@ def read_rgba(path: str | Path, max_pixels: int) -> tuple[np.ndarray, str]:
         raise ImageLoadError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    too_big = f"exceeds max_image_pixels = {max_pixels / 1e6:.0f} MP"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageLoadError(
-                        f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds "
-                        f"max_image_pixels = {max_pixels / 1e6:.0f} MP"
+                        f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP {too_big}"
                     )
                 img.load()
                 img = ImageOps.exif_transpose(img)
@@ -91,11 +93,29 @@ def read_rgba(path: str | Path, max_pixels: int) -> tuple[np.ndarray, str]:
                 rgba = _to_rgba(img)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"{path}: {too_big} ({exc})") from exc
+    except UnidentifiedImageError as exc:
         raise ImageLoadError(f"{path}: not a readable image ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
     return rgba, mode
+
+
+@contextmanager
+def _pil_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """PIL's decompression-bomb limit set to `max_pixels` for the block, then restored.
+
+    PIL refuses images over its own MAX_IMAGE_PIXELS (89.5 MP) before our check runs, so
+    without this a larger --max-image-pixels had no effect. Stage one decodes in one
+    thread per process, so the module-level setting is not shared with another decode.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _to_rgba(img: Image.Image) -> np.ndarray:
@@ -137,13 +157,15 @@ def _majority3(mask: np.ndarray) -> np.ndarray:
     return votes >= 5
 
 
-def prepare_image(loaded: LoadedImage, size: int, object_fraction: float) -> PreparedImage:
-    """Centre the object in a white square and resize it to `size`."""
+def prepare_image(
+    loaded: LoadedImage, size: int, object_fraction: float, max_pixels: int | None = None
+) -> PreparedImage:
+    """Centre the object in a white square and resize it to `size` (see `crop_to_square`)."""
     ys, xs = np.nonzero(loaded.mask)
     x_lo, x_hi = xs.min(), xs.max() + 1
     y_lo, y_hi = ys.min(), ys.max() + 1
     crop_box = square_around(x_lo, y_lo, x_hi - x_lo, y_hi - y_lo, object_fraction)
-    return crop_to_square(loaded.rgb, loaded.mask, crop_box, size)
+    return crop_to_square(loaded.rgb, loaded.mask, crop_box, size, max_pixels)
 
 
 def square_around(x: float, y: float, width: float, height: float, object_fraction: float) -> np.ndarray:
@@ -157,15 +179,25 @@ def square_around(x: float, y: float, width: float, height: float, object_fracti
     return np.array([x0, y0, side], dtype=np.float64)
 
 
-def crop_to_square(rgb: np.ndarray, mask: np.ndarray, crop_box: np.ndarray, size: int) -> PreparedImage:
+def crop_to_square(
+    rgb: np.ndarray, mask: np.ndarray, crop_box: np.ndarray, size: int, max_pixels: int | None = None
+) -> PreparedImage:
     """Cut the square `crop_box` out of the image (white where it leaves the image), resize to `size`.
 
     rgb: (H, W, 3) uint8; mask: (H, W) bool or uint8 foreground; crop_box: (3,) x0, y0, side.
+    The square is built at source resolution, so its memory grows with side^2, not with the
+    image's pixel count: a 100000x1 image needs a 117647 px square (41 GB). A square of
+    more than `max_pixels` pixels raises ImageLoadError, which records the sample as failed.
     """
     height, width = mask.shape
     if rgb.shape != (height, width, 3):
         raise ValueError(f"rgb must be (H, W, 3) = ({height}, {width}, 3) like mask, got {rgb.shape}")
     x0, y0, side = (int(v) for v in crop_box)
+    if max_pixels is not None and side * side > max_pixels:
+        raise ImageLoadError(
+            f"the object's {side}x{side} px crop square ({side * side / 1e6:.0f} MP, from a {width}x{height} "
+            f"image) exceeds max_image_pixels = {max_pixels / 1e6:.0f} MP"
+        )
     canvas = np.full((side, side, 3), 255, dtype=np.uint8)
     canvas_mask = np.zeros((side, side), dtype=np.uint8)
     sx0, sy0 = max(x0, 0), max(y0, 0)

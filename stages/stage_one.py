@@ -91,7 +91,7 @@ def build_sample(
     try:
         if source.annotation is None:
             loaded = load_image(source.path, config.background_threshold, config.max_image_pixels)
-            prepared = prepare_image(loaded, size, config.object_fraction)
+            prepared = prepare_image(loaded, size, config.object_fraction, config.max_image_pixels)
         else:
             prepared = prepare_annotated_image(
                 source.path, source.annotation, size, config.object_fraction, config.max_image_pixels

@@ -86,7 +86,7 @@ def prepare_annotated_image(
     else:
         rgb = np.where(mask[..., None], rgb, np.uint8(255))
     crop_box = square_around(*box, object_fraction=object_fraction)
-    return crop_to_square(rgb, mask, crop_box, size)
+    return crop_to_square(rgb, mask, crop_box, size, max_pixels)
 
 
 def box_mask(box: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
