@@ -10,6 +10,7 @@ from cache_schema import CacheError
 from pipeline import store_report
 from pipeline.cli_errors import fail
 from pipeline.generate import GenerateJob, run_generate
+from pipeline.out_paths import check_out_file
 from stages.config import GenerationConfig, OrbitConfig
 from stages.datasets.selection import DatasetSelection
 from stages.errors import StageError
@@ -199,13 +200,19 @@ def generate(
 
 @app.command("make-tiny-model")
 def make_tiny_model(
-    directory: Path = typer.Argument(..., help="Output directory."),
+    directory: Path = typer.Argument(..., help="Output directory (new or empty)."),
     seed: int = typer.Option(0, help="Seed of the random weights."),
+    overwrite: bool = typer.Option(
+        False, help="Replace a tiny model this command wrote there (never any other folder)."
+    ),
 ) -> None:
     """Save a tiny, randomly initialised SV3D-p of the real classes (tests, CI, demo)."""
     from stages.sv3d.tiny import save_tiny_sv3d
 
-    path = save_tiny_sv3d(directory, seed=seed)
+    try:
+        path = save_tiny_sv3d(directory, seed=seed, overwrite=overwrite)
+    except (StageError, OSError) as exc:
+        fail(str(exc))
     typer.echo(f"tiny SV3D-p model written to {path}")
 
 
@@ -264,8 +271,11 @@ def preview(
 ) -> None:
     """Input, kept views and masks of a few samples as one PNG."""
     try:
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"--out {out}: must end in .png")
+        check_out_file(out)
         path = store_report.write_preview(store, out, samples)
-    except (CacheError, OSError) as exc:
+    except (CacheError, OSError, ValueError) as exc:
         fail(str(exc))
     typer.echo(f"preview written to {path}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -61,8 +62,10 @@ class DemoConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.minutes <= 0:
-            raise ValueError(f"--minutes must be positive, got {self.minutes}")
+        if not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise ValueError(f"--minutes must be a finite number > 0, got {self.minutes}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
         for name in ("train_samples", "test_samples", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from cache_schema import CacheError
 from pipeline.cli_errors import fail
 from pipeline.manipulate_cli import app as manipulate_app
+from pipeline.out_paths import check_out_folder
 from stages.devices import resolve_device
 from stages.errors import StageError
 
@@ -36,6 +37,7 @@ def demo_command(
     from pipeline.demo import DemoConfig, against_mean_shape, run_demo
 
     try:
+        check_out_folder(out)
         config = DemoConfig(out, minutes, category, train_samples, test_samples, steps, seed)
         bars: dict[str, tqdm] = {}
 
@@ -56,7 +58,7 @@ def demo_command(
         result = run_demo(config, on_step, on_eval)
         for bar in bars.values():
             bar.close()
-    except (StageError, CacheError, ValueError) as exc:
+    except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
     s = result.summary
     took = s["minutes"]
@@ -87,7 +89,9 @@ def demo_command(
 
 @app.command("predict")
 def predict_command(
-    images: list[Path] = typer.Argument(..., help="Image files."),
+    images: list[Path] = typer.Argument(
+        ..., help="Image files or folders (their images, recursively, sorted by path)."
+    ),
     model: Path = typer.Option(..., "--model", help="Local SV3D-p model directory (stage one)."),
     run: Path = typer.Option(..., "--run", help="Training run directory (`keydiff3d-train fit --out`)."),
     out: Path = typer.Option(..., "--out", help="Folder for keypoints.json and the overlay PNGs."),
@@ -98,8 +102,9 @@ def predict_command(
     from pipeline.predict_images import PredictJob, predict_images
 
     try:
+        check_out_folder(out)
         record = predict_images(PredictJob(tuple(images), model, run, out, cache, resolve_device(device)))
-    except (StageError, CacheError, ValueError, FileNotFoundError) as exc:
+    except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
     for item in record["predictions"]:
         typer.echo(f"  {item['image']}: {len(item['keypoints_3d'])} keypoints, overlay {item['overlay']}")

@@ -4,13 +4,21 @@ Stage one runs on the images with the SV3D-p model (same generation settings as 
 training cache when that cache is an SV3D cache), then the run's keypoint model predicts.
 The 2D keypoints are the 3D ones projected into view 0, which is the input image itself
 (`replace_input_frame`), mapped back through the preprocessing crop to source pixels.
+
+Inputs are image files or folders (their images, recursively, sorted by path); a file given
+twice is predicted once. Each image's overlay is OUT/<stem>_keypoints.png; images that share
+a stem (a/x.png and b/x.png, or x.png and x.jpg) get <stem>_1_keypoints.png,
+<stem>_2_keypoints.png, ... in the order of their full paths, so no overlay overwrites
+another and the same inputs always get the same names. keypoints.json maps every image to
+its overlay.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,7 @@ from stages.images import prepared_to_source, read_rgba  # noqa: E402
 from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, load_run  # noqa: E402
 from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.skeleton import maximum_spanning_tree  # noqa: E402
+from stages.sources import list_image_sources  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class PredictJob:
     """One `keydiff3d predict` call."""
 
     images: tuple[Path, ...]
-    """Image files (any format stage one reads)."""
+    """Image files (any format stage one reads) or folders of them."""
     model: Path
     """Local SV3D-p model directory (the one the run's caches were made with)."""
     run_dir: Path
@@ -69,16 +78,14 @@ def generation_config_of(run_dir: Path) -> GenerationConfig:
 
 def predict_images(job: PredictJob) -> dict[str, Any]:
     """Run both stages on the images; write keypoints.json and overlays; return the record."""
-    missing = [str(p) for p in job.images if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    images = input_images(job.images)
     run = load_run(job.run_dir, job.device)
     config = generation_config_of(job.run_dir)
     job.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="keydiff3d-predict-") as scratch:
         listing = Path(scratch) / "images.txt"
         # Absolute paths as the list entries make each sample id the image's own path.
-        listing.write_text("".join(f"{Path(p).resolve()}\n" for p in job.images))
+        listing.write_text("".join(f"{p}\n" for p in images))
         cache = job.cache or Path(scratch) / "stage_one.zarr"
         run_generate(GenerateJob(listing, job.model, cache, config, device=job.device, progress=job.progress))
         record = _predict(run, cache, job)
@@ -86,6 +93,41 @@ def predict_images(job: PredictJob) -> dict[str, Any]:
     record["stage_one_cache"] = str(job.cache) if job.cache else None
     (job.out / "keypoints.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def input_images(paths: Iterable[Path]) -> list[Path]:
+    """Absolute paths of the image files and of the images in the folders, each once, in order."""
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"no such image file or folder: {', '.join(missing)}")
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        inside = [s.path for s in list_image_sources(path)] if path.is_dir() else [path]
+        found.update((p.resolve(), None) for p in inside)
+    return list(found)
+
+
+def overlay_names(images: Iterable[str | Path]) -> dict[str, str]:
+    """The overlay file name of each image: <stem>_keypoints.png, or <stem>_<n>_keypoints.png
+    (n = 1, 2, ... in path order) for images that share a stem. A name still taken (an input
+    literally called x_1.png) gets a further _<n>. Names are compared without case, as macOS
+    and Windows file systems do."""
+    ordered = sorted({str(p) for p in images})
+    stems = Counter(Path(p).stem.lower() for p in ordered)
+    seen: Counter[str] = Counter()
+    used: set[str] = set()
+    names = {}
+    for image in ordered:
+        stem = Path(image).stem
+        seen[stem.lower()] += 1
+        base = stem if stems[stem.lower()] == 1 else f"{stem}_{seen[stem.lower()]}"
+        name, extra = f"{base}_keypoints.png", 1
+        while name.lower() in used:  # an input literally named like another's overlay
+            extra += 1
+            name = f"{base}_{extra}_keypoints.png"
+        used.add(name.lower())
+        names[image] = name
+    return names
 
 
 def _predict(run: TrainedRun, cache: Path, job: PredictJob) -> dict[str, Any]:
@@ -100,9 +142,10 @@ def _predict(run: TrainedRun, cache: Path, job: PredictJob) -> dict[str, Any]:
         result = predict_cache(run.model, cache, run.num_views, device=job.device)
         boxes = reader.read_batch(result["index"].tolist(), ("crop_box",))["crop_box"]
         size = reader.layout.image_size
+        names = overlay_names([*input_images(job.images), *map(str, result["sample_id"])])
         for i, image in enumerate(result["sample_id"]):
             source_uv = prepared_to_source(result["keypoints_2d"][i, 0], boxes[i], size)
-            overlay = job.out / f"{Path(str(image)).stem}_keypoints.png"
+            overlay = job.out / names[str(image)]
             write_overlay(overlay, Path(str(image)), source_uv, edges)
             predictions.append(
                 {

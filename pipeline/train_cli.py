@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from cache_schema import CacheError, CacheReader
 from pipeline.cli_errors import fail
+from pipeline.out_paths import check_out_file, check_out_folder
 from pipeline.train_report import preview_writer, write_loss_curve
 from stages.devices import resolve_device
 from stages.errors import StageError
@@ -83,6 +84,7 @@ def fit_command(
 ) -> None:
     """Train the keypoint model on cached views (and features); resumable."""
     try:
+        check_out_folder(out)
         config = preset(
             preset_name,
             steps=steps,
@@ -115,9 +117,9 @@ def fit_command(
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
             bar.refresh()
 
-        summary = fit(job, on_step, preview_writer(out))
+        summary = fit(job, on_step, preview_writer(out), notice=tqdm.write)
         bar.close()
-    except (StageError, CacheError, ValueError) as exc:
+    except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
     curve = write_loss_curve(out / METRICS, out / "loss_curve.png")
     ran = summary.final_step - summary.start_step
@@ -150,12 +152,17 @@ def predict_command(
     try:
         if out.suffix not in (".json", ".npz"):
             raise ValueError(f"--out {out}: must end in .json or .npz")
+        check_out_file(out)
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
         where = resolve_device(device)
         run = load_run(run_dir, where)
+        if run.note:
+            typer.echo(run.note)
         total = len(CacheReader(cache).done_indices())
         with tqdm(total=total, desc="predicting", unit="sample") as bar:
             result = predict_cache(run.model, cache, run.num_views, batch_size, where, bar.update)
-    except (StageError, CacheError, ValueError) as exc:
+    except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
     result["edge_weights"] = run.model.edge_weights().detach().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +199,7 @@ def eval_command(
     from stages.evaluation.evaluate import EvalConfig
 
     try:
+        check_out_folder(out)
         config = EvalConfig(
             tuple(r.strip() for r in regressor.split(",") if r.strip()), ridge, seed, root_joint
         )
@@ -199,7 +207,7 @@ def eval_command(
             record = run_eval(
                 run_dir, train_cache, test_cache, out, config, resolve_device(device), bar.update, space
             )
-    except (StageError, CacheError, ValueError) as exc:
+    except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
     typer.echo(f"train {record['train_samples']} samples, test {record['test_samples']} samples")
     typer.echo((out / "table.md").read_text().rstrip())

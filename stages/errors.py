@@ -19,3 +19,7 @@ class ModelLoadError(StageError):
 
 class CheckpointConversionError(StageError):
     """An official checkpoint does not have the keys or shapes a conversion expects."""
+
+
+class OutputExistsError(StageError):
+    """An output folder already holds something the command will not replace."""

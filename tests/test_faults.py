@@ -101,3 +101,28 @@ def test_h36m_poses_are_read_without_running_pickled_code(tmp_path):
         read_positions(evil)
     assert not marker.exists()
     assert pickle.dumps(_Payload(marker))  # the payload itself is a valid pickle
+
+
+def test_make_tiny_model_never_replaces_a_folder_it_did_not_write(tmp_path):
+    # A converted real SV3D-p has the same layout as a tiny one, but not the marker file.
+    real = tmp_path / "sv3d_p"
+    (real / "unet").mkdir(parents=True)
+    (real / "model_index.json").write_text('{"_class_name": "SV3DPipeline"}')
+    (real / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"hours of conversion")
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(app, ["make-tiny-model", str(real), *extra])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert str(real) in result.output
+    assert (real / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == b"hours of conversion"
+
+    tiny = tmp_path / "tiny"
+    assert CliRunner().invoke(app, ["make-tiny-model", str(tiny)]).exit_code == 0
+    again = CliRunner().invoke(app, ["make-tiny-model", str(tiny), "--seed", "1"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    (tiny / "notes.txt").write_text("mine")
+    again = CliRunner().invoke(app, ["make-tiny-model", str(tiny), "--overwrite"])
+    assert again.exit_code == 2 and "notes.txt" in again.output
+    (tiny / "notes.txt").unlink()
+    replaced = CliRunner().invoke(app, ["make-tiny-model", str(tiny), "--overwrite", "--seed", "1"])
+    assert replaced.exit_code == 0, replaced.output
+    assert '"seed": 1' in (tiny / "keydiff3d_tiny_model.json").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,10 @@ class EvalConfig:
         unknown = [r for r in self.regressors if r not in REGRESSORS]
         if unknown or not self.regressors:
             raise ValueError(f"regressors must be a non-empty subset of {REGRESSORS}, got {self.regressors}")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise ValueError(f"ridge must be a finite number >= 0, got {self.ridge}")
+        if self.seed < 0 or self.root_joint < 0:
+            raise ValueError(f"seed and root_joint must be >= 0, got {self.seed} and {self.root_joint}")
 
 
 @dataclass(frozen=True)

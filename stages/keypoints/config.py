@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,35 @@ PERCEPTUAL_KINDS = ("vgg", "ssim")
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _in_range(name: str, value: float, minimum: float, strict: bool) -> None:
+    """A finite number >= minimum (> minimum when strict); NaN fails every comparison, so
+    it is named explicitly rather than slipping through a `value < minimum` test."""
+    ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        raise ConfigError(
+            f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value}"
+        )
+
+
+# (field, minimum, strict): the float fields and the range each must lie in.
+_FLOAT_RANGES = (
+    ("lr", 0.0, True),
+    ("lr_reconstruction", 0.0, True),
+    ("weight_decay", 0.0, False),
+    ("lambda_perceptual", 0.0, False),
+    ("lambda_mask", 0.0, False),
+    ("lambda_colour", 0.0, False),
+    ("lambda_rotation", 0.0, False),
+    ("edge_sigma", 0.0, True),
+    ("heatmap_sigma", 0.0, True),
+    ("augment_rotation_deg", 0.0, False),
+    ("augment_scale", 0.0, False),
+    ("augment_translate", 0.0, False),
+    ("adjacency_lr_scale", 0.0, True),
+    ("adjacency_init", -math.inf, False),
+)
 
 
 @dataclass(frozen=True)
@@ -104,8 +134,14 @@ class StageTwoConfig:
         _choice("pixel_encoder", self.pixel_encoder, PIXEL_ENCODERS)
         if self.pixel_input_size < 0:
             raise ConfigError(f"pixel_input_size must be >= 0, got {self.pixel_input_size}")
-        if not self.adjacency_lr_scale > 0:
-            raise ConfigError(f"adjacency_lr_scale must be > 0, got {self.adjacency_lr_scale}")
+        for name, minimum, strict in _FLOAT_RANGES:
+            _in_range(name, getattr(self, name), minimum, strict)
+        if self.volume_half_extent is not None:
+            _in_range("volume_half_extent", self.volume_half_extent, 0.0, True)
+        if self.seed < 0 or self.loader_workers < 0:
+            raise ConfigError(
+                f"seed and loader_workers must be >= 0, got {self.seed} and {self.loader_workers}"
+            )
         for name in ("num_keypoints", "num_views", "volume_size", "batch_size", "steps", "render_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cache_schema import CacheReader
+from stages.errors import ConfigError
 from stages.keypoints import geometry
 from stages.keypoints.data import CacheTrainingSet
 from stages.keypoints.errors import TrainingError
@@ -31,6 +32,8 @@ def predict_cache(
     keypoints_2d (n, V, N, 2) in the cache's view pixels (all kept views, not only the
     `num_views` the model reads) and depth (n, V, N). progress(samples_done) per batch.
     """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     reader = CacheReader(cache)
     if reader.layout.image_size != model.config.image_size:
         raise TrainingError(

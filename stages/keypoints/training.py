@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from stages.devices import resolve_device
-from stages.keypoints.checkpoint import RUN_CONFIG, latest_checkpoint, restore_checkpoint, save_checkpoint
+from stages.keypoints.checkpoint import (
+    RUN_CONFIG,
+    choose_checkpoint,
+    latest_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import CacheTrainingSet, StepBatchSampler, keep_batch, summarise_caches
 from stages.keypoints.errors import TrainingError
@@ -129,11 +135,13 @@ def fit(
     progress: Callable[[int, dict[str, float]], None] | None = None,
     on_checkpoint: Callable[[int, Path, dict[str, torch.Tensor], StepOutputs, KeyDiff3DModel], None]
     | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> FitSummary:
     """Train (or resume) up to job.config.steps; checkpoints every config.checkpoint_every steps.
 
     progress(step, terms) is called after every step; on_checkpoint(step, directory, batch,
-    outputs, model) after every checkpoint (for previews).
+    outputs, model) after every checkpoint (for previews); notice(line) when a resumed run
+    cannot use the checkpoint latest.json names and says which one it resumes from.
     """
     config = job.config
     run_dir = Path(job.run_dir)
@@ -141,7 +149,7 @@ def fit(
     perceptual = build_perceptual_loss(config.perceptual, job.vgg_weights).to(device)
     model, record = build_model(config, tuple(job.caches))
     optimizer = build_optimizer(model, config)
-    start = _prepare_run_dir(job, model, optimizer, record)
+    start = _prepare_run_dir(job, model, optimizer, record, notice or (lambda line: None))
     model.to(device).train()
     _move_optimizer_state(optimizer, device)
     summary = FitSummary(start_step=start, final_step=start)
@@ -210,12 +218,18 @@ def fit(
 
 
 def _prepare_run_dir(
-    job: FitJob, model: KeyDiff3DModel, optimizer: torch.optim.Optimizer, record: dict[str, Any]
+    job: FitJob,
+    model: KeyDiff3DModel,
+    optimizer: torch.optim.Optimizer,
+    record: dict[str, Any],
+    notice: Callable[[str], None],
 ) -> int:
     """Write config.json for a new run, or check it and restore the last checkpoint.
 
     Returns the step to start from."""
     run_dir = Path(job.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"--out {run_dir} is a file, not a run directory")
     config_path = run_dir / CONFIG
     resolved = {"stage_two": job.config.to_dict(), "data": record}
     if not job.resume:
@@ -229,7 +243,11 @@ def _prepare_run_dir(
         return 0
     if not config_path.is_file():
         raise TrainingError(f"--resume: {run_dir} holds no run (no {CONFIG})")
-    saved = json.loads(config_path.read_text())
+    try:
+        saved = json.loads(config_path.read_text())
+        saved["stage_two"], saved["data"]["fingerprints"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"--resume: {config_path} is unreadable ({exc!r})") from exc
     current = json.loads(json.dumps(job.config.to_dict()))
     changed = [k for k, v in saved["stage_two"].items() if k not in RESUMABLE_FIELDS and current.get(k) != v]
     if changed:
@@ -238,12 +256,15 @@ def _prepare_run_dir(
         )
     if saved["data"]["fingerprints"] != record["fingerprints"]:
         raise TrainingError(f"--resume: {run_dir} was trained on other caches ({saved['data']['caches']})")
+    choice = choose_checkpoint(run_dir)
+    # Restore before touching the run directory: a refused checkpoint leaves it as it was.
+    state = restore_checkpoint(choice.path, model, optimizer) if choice.path is not None else {"step": 0}
     config_path.write_text(json.dumps({**saved, "stage_two": job.config.to_dict()}, indent=2, sort_keys=True))
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
+    if choice.note:
+        notice(f"--resume: {choice.note}")
+    if choice.path is None:
         (run_dir / METRICS).write_text("")
         return 0
-    state = restore_checkpoint(checkpoint, model, optimizer)
     _truncate_metrics(run_dir / METRICS, state["step"])
     return int(state["step"])
 

@@ -8,12 +8,15 @@ on 2 CPU cores. Outputs are noise-like; it exercises shapes, I/O and determinism
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from stages.errors import OutputExistsError
 from stages.sv3d.convert.configs import CLIP_MEAN, CLIP_STD, SCHEDULER_CONFIG
 from stages.sv3d.hub_logging import quiet_hub_logging
 from stages.sv3d.pipeline import CLIPImageProcessor, SV3DPipeline
@@ -22,6 +25,11 @@ from stages.sv3d.unet import SV3DUNetModel
 TINY_RESOLUTION = 64
 _CLIP_SIZE = 32
 _EMBED_DIM = 32
+TINY_MARKER = "keydiff3d_tiny_model.json"
+"""Written into every tiny model folder: only a folder holding it may be replaced by another."""
+_TINY_ENTRIES = frozenset(
+    {"model_index.json", "unet", "vae", "image_encoder", "feature_extractor", "scheduler", TINY_MARKER}
+)
 
 
 def build_tiny_sv3d(seed: int = 0) -> SV3DPipeline:
@@ -80,9 +88,40 @@ def build_tiny_sv3d(seed: int = 0) -> SV3DPipeline:
     return pipe
 
 
-def save_tiny_sv3d(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model in the layout `load_sv3d_pipeline` reads (safetensors)."""
+def save_tiny_sv3d(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write the tiny model in the layout `load_sv3d_pipeline` reads (safetensors).
+
+    An existing non-empty out_dir is refused: it may be a converted real SV3D-p, which has
+    the same layout. With overwrite, a folder that this function wrote (its marker file
+    and nothing but a tiny model's entries) is deleted first; any other folder is refused.
+    """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file, not a model folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(
+                f"{out} is not empty; pass --overwrite to replace a tiny model written here"
+            )
+        check_replaceable_tiny_model(out)
+        shutil.rmtree(out)
     with quiet_hub_logging():
         build_tiny_sv3d(seed).save_pretrained(out, safe_serialization=True)
+    # The marker goes last: a folder with it holds a whole tiny model.
+    (out / TINY_MARKER).write_text(json.dumps({"written_by": "save_tiny_sv3d", "seed": seed}) + "\n")
     return out
+
+
+def check_replaceable_tiny_model(out: Path) -> None:
+    """Raise OutputExistsError unless `out` holds a tiny model this module wrote and nothing else."""
+    out = Path(out)
+    if not (out / TINY_MARKER).is_file():
+        raise OutputExistsError(
+            f"{out} is not a tiny model written by make-tiny-model (no {TINY_MARKER}); "
+            "refusing to delete it: choose another folder or remove it yourself"
+        )
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _TINY_ENTRIES)
+    if foreign:
+        raise OutputExistsError(
+            f"{out} also holds {foreign}, which a tiny model does not; refusing to delete it"
+        )
