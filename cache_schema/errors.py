@@ -15,3 +15,7 @@ class StoreNotFoundError(CacheError):
 
 class SampleNotDoneError(CacheError):
     """A sample was asked for whose status is not done."""
+
+
+class StoreInUseError(CacheError):
+    """Another process holds the store's writer lock."""
