@@ -4,6 +4,7 @@ from cache_schema.errors import (
     CacheError,
     SampleNotDoneError,
     SchemaMismatchError,
+    StoreDamagedError,
     StoreInUseError,
     StoreNotFoundError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "STATUS_PENDING",
     "SampleNotDoneError",
     "SchemaMismatchError",
+    "StoreDamagedError",
     "StoreInUseError",
     "StoreMetadata",
     "StoreNotFoundError",
