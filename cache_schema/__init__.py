@@ -1,6 +1,13 @@
 """The KeyDiff3D cache format: layout, metadata, writer and reader (numpy + zarr only)."""
 
-from cache_schema.errors import CacheError, SampleNotDoneError, SchemaMismatchError, StoreNotFoundError
+from cache_schema.errors import (
+    CacheError,
+    SampleNotDoneError,
+    SchemaMismatchError,
+    StoreDamagedError,
+    StoreInUseError,
+    StoreNotFoundError,
+)
 from cache_schema.layout import (
     GROUND_TRUTH_PREFIX,
     SCHEMA_VERSION,
@@ -31,6 +38,8 @@ __all__ = [
     "STATUS_PENDING",
     "SampleNotDoneError",
     "SchemaMismatchError",
+    "StoreDamagedError",
+    "StoreInUseError",
     "StoreMetadata",
     "StoreNotFoundError",
     "digest",

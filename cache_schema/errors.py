@@ -15,3 +15,11 @@ class StoreNotFoundError(CacheError):
 
 class SampleNotDoneError(CacheError):
     """A sample was asked for whose status is not done."""
+
+
+class StoreDamagedError(CacheError):
+    """Files of the store are missing or unreadable (a zarr.json, a shard, a chunk)."""
+
+
+class StoreInUseError(CacheError):
+    """Another process holds the store's writer lock."""

@@ -70,13 +70,13 @@ class CacheReader:
         """Arrays of several done samples, stacked on a new leading axis (B, ...)."""
         idx = np.asarray(indices, dtype=np.int64)
         self._check_request(idx, arrays)
+        self.store.require_shard_files(list(arrays), self._shards_of(idx))
         out: dict[str, np.ndarray] = {}
         for name in arrays:
-            array = self.store.array(name)
             if idx.size and np.all(np.diff(idx) == 1):
-                out[name] = np.asarray(array[int(idx[0]) : int(idx[-1]) + 1])
+                out[name] = self.store.read(name, slice(int(idx[0]), int(idx[-1]) + 1))
             else:
-                out[name] = np.asarray(array.oindex[idx]) if idx.size else np.empty((0,))
+                out[name] = self.store.read(name, idx) if idx.size else np.empty((0,))
         return out
 
     def read_sample(self, index: int, arrays: Sequence[str] = DEFAULT_ARRAYS) -> dict[str, np.ndarray]:
@@ -90,7 +90,13 @@ class CacheReader:
             raise CacheError(f"{self.path} has no ground truth")
         idx = np.asarray(indices, dtype=np.int64)
         self._check_done(idx)
-        return {n[len(GROUND_TRUTH_PREFIX) :]: np.asarray(self.store.array(n).oindex[idx]) for n in names}
+        self.store.require_shard_files(names, self._shards_of(idx))
+        return {n[len(GROUND_TRUTH_PREFIX) :]: self.store.read(n, idx) for n in names}
+
+    def _shards_of(self, idx: np.ndarray) -> list[int]:
+        # A missing shard file reads as zeros: every shard a read touches is checked
+        # once per reader (the store remembers which it has seen).
+        return np.unique(idx // self.layout.samples_per_shard).tolist()
 
     def _check_request(self, idx: np.ndarray, arrays: Sequence[str]) -> None:
         known = self.layout.arrays()

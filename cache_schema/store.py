@@ -18,7 +18,8 @@ import numpy as np
 import zarr
 
 from cache_schema.codecs import compressors_for
-from cache_schema.errors import CacheError, SchemaMismatchError, StoreNotFoundError
+from cache_schema.errors import CacheError, SchemaMismatchError, StoreDamagedError, StoreNotFoundError
+from cache_schema.integrity import check_array_nodes, read_node_json, shard_keys
 from cache_schema.layout import (
     STATUS_DONE,
     STATUS_FAILED,
@@ -29,6 +30,15 @@ from cache_schema.layout import (
 from cache_schema.metadata import ATTRS_KEY, StoreMetadata, digest
 
 BOOKKEEPING = ("sample_id", "status", "failure_reason")
+
+# Arrays whose file must exist for every shard holding a done sample. failure_reason is
+# left out: a shard without failures holds only its fill value "", which zarr does not
+# write. status is left out: its own chunk is what says a sample is done.
+UNFILLED = ("status", "failure_reason")
+
+# What zarr and numcodecs raise when a chunk does not decode (CRC32C mismatch, a
+# truncated or garbled zstd frame or shard index) or its file cannot be read.
+DECODE_ERRORS = (ValueError, RuntimeError, OSError)
 
 
 def inputs_digest(sample_ids: Sequence[str]) -> str:
@@ -45,6 +55,8 @@ class CacheStore:
         self.writable = writable
         self._arrays: dict[str, zarr.Array] = {}
         """Opened arrays by name: opening reads its zarr.json, about 1 ms a time."""
+        self._present: set[tuple[str, int]] = set()
+        """(array, shard) pairs whose files were seen on disk, so each is checked once."""
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -78,11 +90,11 @@ class CacheStore:
 
     @classmethod
     def open(cls, path: str | Path, writable: bool = False) -> CacheStore:
+        """Open a finished store, after checking that every node's zarr.json parses."""
         path = Path(path)
-        if not (path / "zarr.json").is_file():
+        if not (path / "zarr.json").exists() and not (path.is_dir() and any(path.iterdir())):
             raise StoreNotFoundError(f"{path}: no zarr v3 group here (zarr.json missing)")
-        group = zarr.open_group(str(path), mode="r+" if writable else "r", zarr_format=3)
-        attrs = group.attrs.asdict()
+        attrs = read_node_json(path, "group").get("attributes") or {}
         if ATTRS_KEY not in attrs:
             raise StoreNotFoundError(
                 f"{path}: a zarr group but not a finished KeyDiff3D store (no '{ATTRS_KEY}' "
@@ -92,7 +104,21 @@ class CacheStore:
         if not isinstance(raw, dict):
             raise StoreNotFoundError(f"{path}: '{ATTRS_KEY}' attributes are not a mapping")
         metadata = StoreMetadata.from_dict(raw, where=str(path))
-        return cls(path, group, metadata, writable)
+        # zarr reads an array's zarr.json only when the array is first used: check them all
+        # now, so that a damaged one is named here instead of failing (or, for a deleted
+        # one, reading as absent) in the middle of a run.
+        names = list(metadata.layout.arrays())
+        check_array_nodes(path, names)
+        group = zarr.open_group(str(path), mode="r+" if writable else "r", zarr_format=3)
+        store = cls(path, group, metadata, writable)
+        for name in names:
+            try:
+                store.array(name)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise StoreDamagedError(
+                    f"{path / name}: damaged or missing zarr.json (zarr cannot read it: {exc})"
+                ) from None
+        return store
 
     def check_compatible(self, expected: StoreMetadata, sample_ids: Sequence[str]) -> None:
         """Refuse to resume onto a store made with another config, model or input list."""
@@ -124,14 +150,14 @@ class CacheStore:
         return self._arrays[name]
 
     def sample_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return _strings(self.array("sample_id")[start:stop])
+        return _strings(self.read("sample_id", slice(start, stop)))
 
     def statuses(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Status codes of samples [start, stop) (all by default). Shape (n,)."""
-        return np.asarray(self.array("status")[start:stop], dtype=np.uint8)
+        return np.asarray(self.read("status", slice(start, stop)), dtype=np.uint8)
 
     def failure_reasons(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return _strings(self.array("failure_reason")[start:stop])
+        return _strings(self.read("failure_reason", slice(start, stop)))
 
     def shards_to_do(self, retry_failed: bool = False) -> list[int]:
         """Shards holding a sample that still has to be generated."""
@@ -145,7 +171,61 @@ class CacheStore:
         return todo
 
     def read_rows(self, start: int, stop: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-        return {name: np.asarray(self.array(name)[start:stop]) for name in names}
+        return {name: self.read(name, slice(start, stop)) for name in names}
+
+    def read(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
+        """Samples `rows` (a slice or an index array) of one array; a chunk that does not
+        decode raises StoreDamagedError naming the store, the array and the shard."""
+        array = self.array(name)
+        try:
+            return np.asarray(array[rows] if isinstance(rows, slice) else array.oindex[rows])
+        except DECODE_ERRORS as exc:
+            raise self._decode_error(name, rows, exc) from None
+
+    def _decode_error(self, name: str, rows: slice | np.ndarray, exc: Exception) -> StoreDamagedError:
+        """Find the shard that fails to decode (on the error path only: one read per shard)."""
+        picked = np.arange(self.layout.num_samples)[rows]
+        shards = np.unique(picked // self.layout.samples_per_shard).tolist()
+        for shard in shards:
+            start, stop = self.layout.shard_range(shard)
+            try:
+                np.asarray(self.array(name)[start:stop])
+            except DECODE_ERRORS as found:
+                keys = ", ".join(f"{name}/{key}" for key in shard_keys(self.array(name), start, stop))
+                why = " ".join(str(found).split())
+                return StoreDamagedError(
+                    f"{self.path}: array {name} shard {shard} (samples {start}..{stop - 1}, file {keys}) "
+                    f"does not decode: {why}"
+                )
+        why = " ".join(str(exc).split())
+        return StoreDamagedError(f"{self.path}: array {name} shards {shards} do not decode: {why}")
+
+    def missing_shard_files(self, name: str, shard: int) -> list[str]:
+        """Store keys ('views/c/1/0/0/0/0') of the files of one shard of one array that are
+        not on disk; zarr would read their samples as the fill value (zeros)."""
+        start, stop = self.layout.shard_range(shard)
+        keys = shard_keys(self.array(name), start, stop)
+        return [f"{name}/{key}" for key in keys if not (self.path / name / key).is_file()]
+
+    def require_shard_files(self, names: Sequence[str], shards: Sequence[int]) -> None:
+        """Raise StoreDamagedError unless every file of these shards exists (call it only
+        for shards holding a done sample). Each (array, shard) is looked up once."""
+        for name in names:
+            for shard in shards:
+                if (name, shard) in self._present:
+                    continue
+                missing = self.missing_shard_files(name, shard)
+                if missing:
+                    start, stop = self.layout.shard_range(shard)
+                    raise StoreDamagedError(
+                        f"{self.path}: array {name} shard {shard} (samples {start}..{stop - 1}) has "
+                        f"done samples but no file {missing[0]}; they would read as zeros"
+                    )
+                self._present.add((name, shard))
+
+    def per_sample_array_names(self) -> list[str]:
+        """Arrays whose shard files must exist wherever a sample is done (see UNFILLED)."""
+        return [name for name in self.layout.arrays() if name not in UNFILLED]
 
     def data_array_names(self) -> list[str]:
         return [name for name in self.layout.arrays() if name not in BOOKKEEPING]

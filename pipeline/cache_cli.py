@@ -8,7 +8,7 @@ import typer
 
 from cache_schema import CacheError
 from pipeline import store_report
-from pipeline.cli_errors import fail
+from pipeline.cli_errors import USAGE_ERROR, fail
 from pipeline.generate import GenerateJob, run_generate
 from pipeline.out_paths import check_out_file
 from stages.config import GenerationConfig, OrbitConfig
@@ -253,12 +253,19 @@ def inspect(store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store.")) -
 
 @app.command()
 def verify(store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store.")) -> None:
-    """Read every chunk back and check statuses, features and cameras; exit 1 on a problem."""
-    problems, checked = store_report.verify_store(store)
-    typer.echo(f"checked {checked} chunks of {store}")
-    for problem in problems:
+    """Check that every done sample's files exist, read every chunk back and check statuses,
+    features and cameras; exit 2 on a missing file or a store that does not open, 1 on
+    another problem."""
+    try:
+        report = store_report.verify_report(store)
+    except (CacheError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"checked {report.checked} chunks of {store}")
+    for problem in report.missing + report.problems:
         typer.secho(f"problem: {problem}", fg=typer.colors.RED)
-    if problems:
+    if report.missing:
+        raise typer.Exit(USAGE_ERROR)
+    if report.problems:
         raise typer.Exit(1)
     typer.echo("ok: no problems found")
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cache_schema import StoreMetadata
 from pipeline.backends import BackendSpec, RenderBackendSpec, SV3DBackendSpec, model_dir_exists
 from pipeline.runner import RunSummary, build_metadata, open_or_create, run_dask, run_local
+from pipeline.store_lock import hold_store_lock
 from stages.config import GenerationConfig
 from stages.datasets.registry import read_dataset
 from stages.datasets.selection import DatasetSelection
@@ -126,9 +128,20 @@ def plan(job: GenerateJob) -> tuple[BackendSpec, list[Any], list[str], str]:
 
 
 def run_generate(job: GenerateJob) -> RunSummary:
-    """Create or resume the store and generate every unfinished shard."""
+    """Create or resume the store and generate every unfinished shard.
+
+    The store's writer lock (pipeline/store_lock.py) is taken before the store is
+    opened or, with --overwrite, deleted, and held until the last shard is written.
+    """
     spec, items, ids, label = plan(job)
     metadata = build_metadata(spec, ids, job.samples_per_shard, label)
+    with hold_store_lock(Path(job.out)):
+        return _run_locked(job, spec, items, ids, metadata)
+
+
+def _run_locked(
+    job: GenerateJob, spec: BackendSpec, items: list[Any], ids: list[str], metadata: StoreMetadata
+) -> RunSummary:
     store = open_or_create(Path(job.out), metadata, ids, job.overwrite)
     summary = RunSummary(store=Path(job.out), total=len(ids), bytes_before=store.bytes_on_disk())
     shards = store.shards_to_do(job.retry_failed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +82,32 @@ def inspect_lines(path: Path) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `verify` found in a store that opened (one that does not raises CacheError)."""
+
+    missing: list[str]
+    """Shard files of done samples that are not on disk (they would read as zeros)."""
+    problems: list[str]
+    """Chunks that do not decode, and contents that break the schema's promises."""
+    checked: int
+    """Chunks read back."""
+
+
 def verify_store(path: Path) -> tuple[list[str], int]:
-    """Read every chunk back and check the contents. Returns (problems, chunks read)."""
+    """Every finding of `verify_report` as lines, and the chunks read; a store that does
+    not open is one finding."""
     try:
-        store = CacheStore.open(path)
+        report = verify_report(path)
     except CacheError as exc:
         return [str(exc)], 0
+    return report.missing + report.problems, report.checked
+
+
+def verify_report(path: Path) -> VerifyReport:
+    """Check that every file of every done sample exists, read every chunk back and check
+    the contents. Raises CacheError when the store does not open (e.g. a damaged zarr.json)."""
+    store = CacheStore.open(path)
     problems: list[str] = []
     partial = sorted(store.path.rglob("*.partial"))
     if partial:
@@ -99,8 +120,10 @@ def verify_store(path: Path) -> tuple[list[str], int]:
     try:
         status = store.statuses()
         reasons = store.failure_reasons()
-    except Exception as exc:  # noqa: BLE001 - a damaged status chunk is a finding
-        return problems + [f"status/failure_reason unreadable: {exc}"], checked
+    except CacheError as exc:  # a damaged status chunk is a finding
+        return VerifyReport([], problems + [f"status/failure_reason unreadable: {exc}"], checked)
+    absent = _missing_files(store, status)
+    missing = list(absent.values())
     bad_status = np.setdiff1d(np.unique(status), list(STATUS_NAMES))
     if bad_status.size:
         problems.append(f"status holds unknown codes {bad_status.tolist()}")
@@ -117,10 +140,32 @@ def verify_store(path: Path) -> tuple[list[str], int]:
                 continue
             checked += 1 if spec.shards or spec.chunks[0] > 1 else stop - start
             done = status[start:stop] == STATUS_DONE
-            if not done.any() or spec.kind == "text":
+            if not done.any() or spec.kind == "text" or (name, shard) in absent:
                 continue
             problems += _check_block(name, block[done], start + np.flatnonzero(done), store)
-    return problems, checked
+    return VerifyReport(missing, problems, checked)
+
+
+def _missing_files(store: CacheStore, status: np.ndarray) -> dict[tuple[str, int], str]:
+    """(array, shard) -> a finding, for each shard file of a done sample that is not on disk.
+
+    zarr reads a missing file as zeros, so reading the data back cannot tell; the files
+    are looked up on disk instead, by the keys the arrays' metadata gives.
+    """
+    found = {}
+    layout = store.layout
+    for shard in range(layout.num_shards):
+        start, stop = layout.shard_range(shard)
+        done = np.flatnonzero(status[start:stop] == STATUS_DONE)
+        if not done.size:
+            continue
+        for name in store.per_sample_array_names():
+            for key in store.missing_shard_files(name, shard):
+                found[(name, shard)] = (
+                    f"{name} shard {shard} (samples {start}..{stop - 1}, {done.size} done): "
+                    f"file {key} is missing; its done samples would read as zeros"
+                )
+    return found
 
 
 def _check_block(name: str, block: np.ndarray, indices: np.ndarray, store: CacheStore) -> list[str]:

@@ -183,6 +183,10 @@ def write_shard(
     reasons = list(store.failure_reasons(start, stop))
     names = store.data_array_names()
     keep = (status == STATUS_DONE) | ((status == STATUS_FAILED) & (not retry_failed))
+    if np.any(status == STATUS_DONE):
+        # Done samples are read back and rewritten: a missing file would turn them into
+        # zeros that stay marked done. (A shard of only failed samples has no files.)
+        store.require_shard_files(names, [shard])
     rows = (
         store.read_rows(start, stop, names)
         if keep.any()

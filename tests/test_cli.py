@@ -95,7 +95,7 @@ def test_bad_arguments_name_the_problem(tmp_path, tiny_model_dir, good_images):
     )
     assert keep.exit_code == 2 and "must start with 0" in keep.output
     nothing = runner.invoke(app, ["verify", str(tmp_path / "none.zarr")])
-    assert nothing.exit_code == 1 and "zarr.json missing" in nothing.output
+    assert nothing.exit_code == 2 and "zarr.json missing" in nothing.output
 
 
 def test_make_tiny_model_writes_a_loadable_directory(tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cache_schema import CacheReader, FeatureLayerSpec
+from cache_schema import CacheError, CacheReader, FeatureLayerSpec
 from stages.keypoints.errors import TrainingError
 
 VIEW_ARRAYS = ("views", "view_masks", "intrinsics", "world_to_camera")
@@ -184,6 +184,25 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     b, v = images.shape[:2]
     mode = "area" if images.shape[-1] > size else "bilinear"
     return F.interpolate(images.flatten(0, 1), size=(size, size), mode=mode).unflatten(0, (b, v))
+
+
+class ErrorsAsValues(torch.utils.data.Dataset):
+    """A dataset whose CacheError (a damaged or missing shard) comes back from a loader
+    worker as the batch itself, for the training loop to raise: torch re-raises a worker's
+    exception with the worker's whole traceback pasted into its message, and the command
+    line must print the error's one line."""
+
+    def __init__(self, dataset: CacheTrainingSet):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor] | CacheError:
+        try:
+            return self.dataset.__getitems__(indices)
+        except CacheError as exc:
+            return exc
 
 
 def keep_batch(batch: object) -> object:

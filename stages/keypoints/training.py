@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cache_schema import CacheError
 from stages.devices import resolve_device
 from stages.keypoints.checkpoint import (
     RUN_CONFIG,
@@ -23,7 +24,13 @@ from stages.keypoints.checkpoint import (
     save_checkpoint,
 )
 from stages.keypoints.config import StageTwoConfig
-from stages.keypoints.data import CacheTrainingSet, StepBatchSampler, keep_batch, summarise_caches
+from stages.keypoints.data import (
+    CacheTrainingSet,
+    ErrorsAsValues,
+    StepBatchSampler,
+    keep_batch,
+    summarise_caches,
+)
 from stages.keypoints.errors import TrainingError
 from stages.keypoints.losses import StepOutputs, training_losses
 from stages.keypoints.model import KeyDiff3DModel
@@ -164,7 +171,7 @@ def fit(
         feature_view_size=model.config.pixel_input_size,
     )
     loader = torch.utils.data.DataLoader(
-        dataset,
+        ErrorsAsValues(dataset),
         batch_sampler=StepBatchSampler(len(dataset), config.batch_size, config.seed, start, config.steps),
         num_workers=config.loader_workers,
         collate_fn=keep_batch,
@@ -181,7 +188,10 @@ def fit(
     try:
         for step in range(start, config.steps):
             wait = time.perf_counter()
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            loaded = next(batches)
+            if isinstance(loaded, CacheError):  # raised in a loader worker (ErrorsAsValues)
+                raise loaded
+            batch = {k: v.to(device, non_blocking=True) for k, v in loaded.items()}
             summary.wait_seconds += time.perf_counter() - wait
             with autocast:
                 terms, outputs = training_losses(
