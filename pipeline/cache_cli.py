@@ -11,6 +11,7 @@ from pipeline import store_report
 from pipeline.cli_errors import USAGE_ERROR, fail
 from pipeline.generate import GenerateJob, run_generate
 from pipeline.out_paths import check_out_file
+from pipeline.runner import SchedulerTLS
 from stages.config import GenerationConfig, OrbitConfig
 from stages.datasets.selection import DatasetSelection
 from stages.errors import StageError
@@ -93,7 +94,16 @@ def generate(
         "stores them. Default: no features.",
     ),
     workers: int | None = typer.Option(None, help="Start a dask LocalCluster with N worker processes."),
-    scheduler: str | None = typer.Option(None, help="Use an existing dask scheduler, tcp://HOST:PORT."),
+    scheduler: str | None = typer.Option(
+        None, help="Use an existing dask scheduler, tcp://HOST:PORT or tls://HOST:PORT (see README)."
+    ),
+    tls_ca_file: Path | None = typer.Option(None, help="With a tls:// --scheduler: the cluster's CA (PEM)."),
+    tls_cert: Path | None = typer.Option(
+        None, help="With a tls:// --scheduler: this client's certificate (PEM)."
+    ),
+    tls_key: Path | None = typer.Option(
+        None, help="With a tls:// --scheduler: this client's private key (PEM)."
+    ),
     overwrite: bool = typer.Option(False, help="Delete an existing store and start afresh."),
     retry_failed: bool = typer.Option(False, help="Also redo samples recorded as failed."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
@@ -180,6 +190,7 @@ def generate(
             features_model=features_model,
             workers=workers,
             scheduler=scheduler,
+            tls=_tls(tls_ca_file, tls_cert, tls_key),
             overwrite=overwrite,
             retry_failed=retry_failed,
             device=device,
@@ -196,6 +207,16 @@ def generate(
         typer.echo(line)
     if summary.errors:
         raise typer.Exit(1)
+
+
+def _tls(ca_file: Path | None, cert: Path | None, key: Path | None) -> SchedulerTLS | None:
+    """The three --tls-* options together, or None; one or two of them is an error."""
+    given = [p for p in (ca_file, cert, key) if p is not None]
+    if not given:
+        return None
+    if len(given) < 3:
+        raise ValueError("--tls-ca-file, --tls-cert and --tls-key go together: give all three")
+    return SchedulerTLS(ca_file, cert, key)
 
 
 @app.command("make-tiny-model")

@@ -9,7 +9,7 @@ from typing import Any
 
 from cache_schema import StoreMetadata
 from pipeline.backends import BackendSpec, RenderBackendSpec, SV3DBackendSpec, model_dir_exists
-from pipeline.runner import RunSummary, build_metadata, open_or_create, run_dask, run_local
+from pipeline.runner import RunSummary, SchedulerTLS, build_metadata, open_or_create, run_dask, run_local
 from pipeline.store_lock import hold_store_lock
 from stages.config import GenerationConfig
 from stages.datasets.registry import read_dataset
@@ -45,6 +45,8 @@ class GenerateJob:
     """Start a dask LocalCluster of this many worker processes."""
     scheduler: str | None = None
     """Address of an existing dask scheduler."""
+    tls: SchedulerTLS | None = None
+    """Certificates for a tls:// scheduler (None: dask's own configuration decides)."""
     overwrite: bool = False
     retry_failed: bool = False
     device: str = "auto"
@@ -86,6 +88,10 @@ class GenerateJob:
                 )
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.tls is not None and (self.scheduler is None or not self.scheduler.startswith("tls://")):
+            raise ValueError(
+                f"--tls-* options need --scheduler tls://HOST:PORT, got --scheduler {self.scheduler}"
+            )
         if self.retries < 0:
             raise ValueError(f"--retries must be >= 0, got {self.retries}")
         if self.samples_per_shard < 1:
@@ -158,6 +164,7 @@ def _run_locked(
             job.workers,
             job.scheduler,
             job.retries,
+            job.tls,
             job.progress,
         )
     else:

@@ -139,6 +139,42 @@ def run_shard_task(
     return write_shard(store, shard, ids, make_sample, retry_failed)
 
 
+@dataclass(frozen=True)
+class SchedulerTLS:
+    """The client's side of a dask cluster secured with TLS (dask's --tls-* options).
+
+    Dask pickles tasks: whoever can reach an unsecured scheduler port can run code on
+    every worker. TLS with client certificates closes that; see README "Distributed
+    precomputation with dask".
+    """
+
+    ca_file: Path
+    """CA certificate(s) that signed the scheduler's and workers' certificates (PEM)."""
+    cert: Path
+    """This client's certificate (PEM)."""
+    key: Path
+    """This client's private key (PEM)."""
+
+    def __post_init__(self) -> None:
+        for option, path in (
+            ("--tls-ca-file", self.ca_file),
+            ("--tls-cert", self.cert),
+            ("--tls-key", self.key),
+        ):
+            if not Path(path).is_file():
+                raise ValueError(f"{option} {path}: no such file")
+
+    def security(self) -> Any:
+        from distributed.security import Security
+
+        return Security(
+            tls_ca_file=str(self.ca_file),
+            tls_client_cert=str(self.cert),
+            tls_client_key=str(self.key),
+            require_encryption=True,
+        )
+
+
 def run_dask(
     store: CacheStore,
     shards: Sequence[int],
@@ -149,9 +185,11 @@ def run_dask(
     workers: int | None,
     scheduler: str | None,
     retries: int = 2,
+    tls: SchedulerTLS | None = None,
     progress: bool = True,
 ) -> None:
-    """Shards as dask tasks on a LocalCluster (`workers`) or an existing cluster (`scheduler`)."""
+    """Shards as dask tasks on a LocalCluster (`workers`) or an existing cluster (`scheduler`,
+    over TLS with `tls`)."""
     from dask.distributed import Client, LocalCluster
 
     cluster = None
@@ -164,7 +202,10 @@ def run_dask(
             dashboard_address=None,
         )
     try:
-        with Client(cluster if cluster is not None else scheduler) as client:
+        # Without `tls`, Client's default Security() reads dask's configuration
+        # (distributed.comm.tls.*), so clusters secured there keep working.
+        security = {} if tls is None else {"security": tls.security()}
+        with Client(cluster if cluster is not None else scheduler, **security) as client:
             _submit_and_collect(client, store, shards, items, spec, retry_failed, summary, retries, progress)
     finally:
         if cluster is not None:

@@ -98,3 +98,39 @@ def test_max_image_pixels_above_pils_own_limit_takes_effect(tmp_path, monkeypatc
     rgba, _ = read_rgba(path, max_pixels=20_000)
     assert rgba.shape == (100, 100, 4)
     assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_tls_options_go_together_with_a_tls_scheduler_and_existing_files(tmp_path):
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem"))
+    for path in (ca, cert):
+        path.write_text("-----BEGIN CERTIFICATE-----\n")
+    out = tmp_path / "store.zarr"
+    base = ["generate", "--backend", "render", "--source", "synthetic:humanoid", "--out", str(out)]
+    tls = ["--tls-ca-file", str(ca), "--tls-cert", str(cert)]
+    cases = [
+        ([*tls], "give all three"),
+        ([*tls, "--tls-key", str(key), "--scheduler", "tls://head:8786"], f"--tls-key {key}: no such file"),
+    ]
+    key.write_text("key")
+    cases.append(([*tls, "--tls-key", str(key), "--scheduler", "tcp://head:8786"], "need --scheduler tls://"))
+    for extra, message in cases[2:]:
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
+    key.unlink()
+    for extra, message in cases[:2]:
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_scheduler_tls_builds_a_dask_security_that_requires_encryption(tmp_path):
+    from pipeline.runner import SchedulerTLS
+
+    paths = []
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("pem")
+        paths.append(tmp_path / name)
+    security = SchedulerTLS(*paths).security()
+    assert security.require_encryption is True
+    assert security.tls_ca_file == str(paths[0]) and security.tls_client_cert == str(paths[1])
+    assert security.tls_client_key == str(paths[2])
