@@ -318,7 +318,10 @@ def check_targets(rows: list[dict]) -> list[str]:
 
     Against the Procrustes mean shape's P-MPJPE (the constant to beat): the supervised bound
     at most 0.5x; ours + MLP at most 0.8x for the humanoid and below 1x for the quadruped;
-    K = 4 better than K = 1 and than the untrained network (MLP, worst seed of ours)."""
+    K = 4 better than K = 1 and than the untrained network (MLP, worst seed of ours). The
+    bound is trained flip-invariant, so it picks its own left/right convention: it is judged
+    on the flip-aware P-MPJPE against the mean shape's flip-aware P-MPJPE, and its plain
+    P-MPJPE is printed beside it."""
     lines = []
     for category in sorted({r["category"] for r in rows}):
         for label in TEST_SETS:
@@ -326,15 +329,17 @@ def check_targets(rows: list[dict]) -> list[str]:
             if not mine:
                 continue
 
-            def first(method: str, mine: list[dict] = mine) -> float:
+            def first(method: str, metric: str = "p_mpjpe_mm", mine: list[dict] = mine) -> float:
                 found = [
-                    r["p_mpjpe_mm"]
+                    r[metric]
                     for r in mine
                     if r["method"] == method and r["regression"] in ("mlp", method, "direct")
                 ]
                 return found[0]
 
             shape, bound = first("Procrustes mean"), first("supervised")
+            shape_flip = first("Procrustes mean", "pf_mpjpe_mm")
+            bound_flip = first("supervised", "pf_mpjpe_mm")
             mlp = [r["p_mpjpe_mm"] for r in mine if r["method"] == "ours" and r["regression"] == "mlp"]
             k1, control = first("K=1"), first("untrained")
             ratio = 0.8 if category == "humanoid" else 1.0
@@ -344,8 +349,11 @@ def check_targets(rows: list[dict]) -> list[str]:
                 return "met" if ok else "MISSED"
 
             lines.append(
-                f"{category}, {label}: supervised {bound:.1f} = {bound / shape:.2f}x the Procrustes mean "
-                f"shape {shape:.1f} (target <= 0.5x): {verdict(bound <= 0.5 * shape)}; ours+MLP "
+                f"{category}, {label}: supervised flip-aware {bound_flip:.1f} = "
+                f"{bound_flip / shape_flip:.2f}x the Procrustes mean shape's {shape_flip:.1f} "
+                f"(target <= 0.5x): "
+                f"{verdict(bound_flip <= 0.5 * shape_flip)} (plain P-MPJPE {bound:.1f} = "
+                f"{bound / shape:.2f}x); ours+MLP "
                 f"{', '.join(f'{v:.1f}' for v in mlp)} = {worst / shape:.2f}x at worst (target <= {ratio}x): "
                 f"{verdict(worst <= ratio * shape)}; K=4 {worst:.1f} vs K=1 {k1:.1f}: {verdict(worst < k1)}; "
                 f"vs untrained {control:.1f}: {verdict(worst < control)}"
