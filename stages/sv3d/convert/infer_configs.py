@@ -128,6 +128,7 @@ def _infer_unet(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[st
         "num_attention_heads": [_heads(c, head_dim, "unet") for c in channels],
         "num_frames": 21,
         "camera_embed_dims": [adm // 5, 2 * adm // 5, 2 * adm // 5],
+        "resnet_eps": 1e-5,  # sgm's `normalization`; recorded so the config says it
     }
 
 

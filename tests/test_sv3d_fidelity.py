@@ -1,0 +1,148 @@
+"""Fidelity of SV3D-p to the official sgm model: res-block GroupNorm eps, converter head counts.
+
+sgm builds every res-block norm (spatial `ResBlock` and temporal `time_stack`) with
+`normalization()`, a GroupNorm of eps 1e-5; its attention blocks' GroupNorm (`Normalize`)
+has 1e-6 and the output norm 1e-5. diffusers' spatio-temporal blocks use 1e-6 in the res
+blocks of `CrossAttnDownBlockSpatioTemporal` and of every up block, which `SV3DUNetModel`
+corrects without touching a weight.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNetSpatioTemporalConditionModel
+
+from stages.errors import ConfigError
+from stages.sv3d import build_tiny_sv3d, convert
+from stages.sv3d.unet import SV3DUNetModel, res_block_norms
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sv3d_p_sgm_keys.json.gz"
+SGM_RES_BLOCK_EPS = 1e-5
+SGM_ATTENTION_NORM_EPS = 1e-6
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _official_unet_config() -> dict:
+    """The UNet config the converter derives from the official checkpoint's key shapes."""
+    data = json.loads(gzip.decompress(FIXTURE.read_bytes()))
+    state = {k: torch.empty(shape, device="meta") for k, shape in data["sv3d_p"].items()}
+    return convert.infer_configs(state).unet
+
+
+def _group_norms(unet: torch.nn.Module) -> dict[str, float]:
+    """{name: eps} of every GroupNorm, found without `res_block_norms`."""
+    return {n: m.eps for n, m in unet.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+
+
+def _is_attention_norm(name: str) -> bool:
+    return re.search(r"\.attentions\.\d+\.norm$", name) is not None
+
+
+def _is_res_block_norm(name: str) -> bool:
+    return ".spatial_res_block.norm" in name or ".temporal_res_block.norm" in name
+
+
+def _tiny_unet(**overrides) -> SV3DUNetModel:
+    config = {k: v for k, v in build_tiny_sv3d().unet.config.items() if not k.startswith("_")}
+    return SV3DUNetModel(**{**config, **overrides})
+
+
+# --------------------------------------------------------------------------- GroupNorm eps
+
+
+def test_tiny_model_res_block_norms_have_sgm_eps_and_the_others_keep_theirs():
+    norms = _group_norms(build_tiny_sv3d().unet)
+    res = {n: eps for n, eps in norms.items() if _is_res_block_norm(n)}
+    # 1 + 1 res blocks per down level, 2 in the mid block, 2 per up level; 4 norms each.
+    assert len(res) == (4 * 1 + 2 + 4 * 2) * 4
+    assert set(res.values()) == {SGM_RES_BLOCK_EPS}
+    assert {n for n, _ in res_block_norms(build_tiny_sv3d().unet)} == set(res)
+    others = {n: eps for n, eps in norms.items() if n not in res}
+    assert others.pop("conv_norm_out") == 1e-5
+    assert others and all(_is_attention_norm(n) for n in others)
+    assert set(others.values()) == {SGM_ATTENTION_NORM_EPS}
+
+
+@pytest.mark.parametrize("source", ["sv3d_p_unet_config", "inferred from the official keys"])
+def test_full_size_res_block_norms_have_sgm_eps(source):
+    config = convert.sv3d_p_unet_config() if source == "sv3d_p_unet_config" else _official_unet_config()
+    assert config["resnet_eps"] == SGM_RES_BLOCK_EPS
+    norms = _group_norms(convert.build_empty("unet", config))
+    res = [eps for n, eps in norms.items() if _is_res_block_norm(n)]
+    assert len(res) == (4 * 2 + 2 + 4 * 3) * 4  # 22 SpatioTemporalResBlocks
+    assert set(res) == {SGM_RES_BLOCK_EPS}
+    attention = [eps for n, eps in norms.items() if _is_attention_norm(n)]
+    assert len(attention) == 3 * 2 + 1 + 3 * 3 and set(attention) == {SGM_ATTENTION_NORM_EPS}
+
+
+def test_plain_diffusers_blocks_have_the_wrong_eps_this_corrects():
+    """Guards the premise: if diffusers fixes its eps, this fails and the override can go."""
+    config = {
+        k: v for k, v in convert.sv3d_p_unet_config().items() if k not in ("camera_embed_dims", "resnet_eps")
+    }
+    with torch.device("meta"):
+        plain = UNetSpatioTemporalConditionModel(**config)
+    wrong = [n for n, eps in _group_norms(plain).items() if _is_res_block_norm(n) and eps != 1e-5]
+    assert len(wrong) == 72  # 6 cross-attention down + 12 up res blocks, 4 norms each
+
+
+@pytest.mark.parametrize("config_of", ["tiny", "full size"])
+def test_state_dict_keys_and_shapes_equal_the_diffusers_blocks(config_of):
+    config = (
+        {k: v for k, v in build_tiny_sv3d().unet.config.items() if not k.startswith("_")}
+        if config_of == "tiny"
+        else convert.sv3d_p_unet_config()
+    )
+    parent_config = {k: v for k, v in config.items() if k not in ("camera_embed_dims", "resnet_eps")}
+    with torch.device("meta"):
+        ours = SV3DUNetModel(**config).state_dict()
+        theirs = UNetSpatioTemporalConditionModel(**parent_config).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+
+
+def test_config_written_without_resnet_eps_loads_with_sgm_eps(tmp_path):
+    build_tiny_sv3d().unet.save_pretrained(tmp_path / "unet")
+    config_file = tmp_path / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config.pop("resnet_eps") == SGM_RES_BLOCK_EPS
+    config_file.write_text(json.dumps(config))  # as a model converted before the field existed
+
+    loaded = SV3DUNetModel.from_pretrained(tmp_path / "unet", local_files_only=True)
+    assert loaded.config.resnet_eps == SGM_RES_BLOCK_EPS
+    assert {norm.eps for _, norm in res_block_norms(loaded)} == {SGM_RES_BLOCK_EPS}
+    with torch.device("meta"):
+        skeleton = SV3DUNetModel.from_config(SV3DUNetModel.load_config(tmp_path / "unet"))
+    assert {norm.eps for _, norm in res_block_norms(skeleton)} == {SGM_RES_BLOCK_EPS}
+
+
+def test_resnet_eps_from_the_config_reaches_the_computation():
+    ours, other = _tiny_unet(), _tiny_unet(resnet_eps=1e-6)
+    other.load_state_dict(ours.state_dict())
+    assert {norm.eps for _, norm in res_block_norms(other)} == {1e-6}
+    generator = torch.Generator().manual_seed(0)
+    # Small activations, so a variance near eps: where the two eps values part ways.
+    sample = 1e-3 * torch.randn(1, 2, 8, 8, 8, generator=generator)
+    inputs = {
+        "sample": sample,
+        "timestep": 0.5,
+        "encoder_hidden_states": torch.randn(1, 1, 32, generator=generator),
+        "cond_aug": torch.full((1,), 1e-5),
+        "polars_rad": torch.full((1, 2), 1.4),
+        "azimuths_rad": torch.tensor([[0.0, 3.0]]),
+    }
+    with torch.no_grad():
+        a, b = ours(**inputs).sample, other(**inputs).sample
+    assert not torch.allclose(a, b, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf"), 1.0, True, "1e-5"])
+def test_bad_resnet_eps_is_refused(eps):
+    with pytest.raises(ConfigError, match="resnet_eps"):
+        _tiny_unet(resnet_eps=eps)
