@@ -1,5 +1,8 @@
 """Fidelity of SV3D-p to the official sgm model: res-block GroupNorm eps, converter head counts.
 
+Head counts cannot be read from shapes: the converter takes SV3D-p's (channels / 64,
+CLIP width / 80) only where those divide, and otherwise must be told.
+
 sgm builds every res-block norm (spatial `ResBlock` and temporal `time_stack`) with
 `normalization()`, a GroupNorm of eps 1e-5; its attention blocks' GroupNorm (`Normalize`)
 has 1e-6 and the output norm 1e-5. diffusers' spatio-temporal blocks use 1e-6 in the res
@@ -17,10 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
+from safetensors.torch import save_file
 
-from stages.errors import ConfigError
+from stages.errors import CheckpointConversionError, ConfigError
 from stages.sv3d import build_tiny_sv3d, convert
 from stages.sv3d.unet import SV3DUNetModel, res_block_norms
+from tests.test_convert_sv3d import TINY_UNET_HEADS, tiny_components
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sv3d_p_sgm_keys.json.gz"
 SGM_RES_BLOCK_EPS = 1e-5
@@ -29,11 +34,15 @@ SGM_ATTENTION_NORM_EPS = 1e-6
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _official_state() -> dict[str, torch.Tensor]:
+    """The official checkpoint's keys and shapes, on the meta device."""
+    data = json.loads(gzip.decompress(FIXTURE.read_bytes()))
+    return {k: torch.empty(shape, device="meta") for k, shape in data["sv3d_p"].items()}
+
+
 def _official_unet_config() -> dict:
     """The UNet config the converter derives from the official checkpoint's key shapes."""
-    data = json.loads(gzip.decompress(FIXTURE.read_bytes()))
-    state = {k: torch.empty(shape, device="meta") for k, shape in data["sv3d_p"].items()}
-    return convert.infer_configs(state).unet
+    return convert.infer_configs(_official_state()).unet
 
 
 def _group_norms(unet: torch.nn.Module) -> dict[str, float]:
@@ -146,3 +155,73 @@ def test_resnet_eps_from_the_config_reaches_the_computation():
 def test_bad_resnet_eps_is_refused(eps):
     with pytest.raises(ConfigError, match="resnet_eps"):
         _tiny_unet(resnet_eps=eps)
+
+
+# --------------------------------------------------------------------------- head counts
+
+
+@pytest.fixture(scope="module")
+def official():
+    return _official_state()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An sgm file of the tiny models: widths 32 and 64, which SV3D-p's head sizes do not fit."""
+    path = tmp_path_factory.mktemp("sgm") / "sv3d_tiny.safetensors"
+    state = convert.diffusers_to_sgm(tiny_components())
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_official_layout_gives_sv3d_p_heads_with_or_without_explicit_counts(official):
+    derived = convert.infer_configs(official)
+    assert derived.unet["num_attention_heads"] == [5, 10, 20, 20]
+    assert derived.image_encoder["num_attention_heads"] == 16
+    given = convert.infer_configs(official, unet_heads=[5, 10, 20, 20], clip_heads=16)
+    assert given == derived
+
+
+def test_explicit_head_counts_are_honoured(official):
+    per_level = convert.infer_configs(official, unet_heads=(4, 8, 16, 32), clip_heads=20)
+    assert per_level.unet["num_attention_heads"] == [4, 8, 16, 32]
+    assert per_level.image_encoder["num_attention_heads"] == 20
+    one_for_all = convert.infer_configs(official, unet_heads=8)
+    assert one_for_all.unet["num_attention_heads"] == [8, 8, 8, 8]
+    model = convert.build_empty("unet", per_level.unet)
+    assert model.down_blocks[1].attentions[0].transformer_blocks[0].attn1.heads == 8
+
+
+def test_width_the_default_head_size_does_not_divide_is_refused(tiny_checkpoint):
+    state = convert.SafetensorsFile(tiny_checkpoint)
+    with pytest.raises(CheckpointConversionError) as info:
+        convert.infer_configs(state)
+    message = str(info.value)
+    assert "input_blocks.1.0.out_layers.3.weight has width 32" in message and "--unet-heads" in message
+    assert "\n" not in message
+    with pytest.raises(CheckpointConversionError, match=r"conv1\.weight has width 32.*--clip-heads"):
+        convert.infer_configs(state, unet_heads=TINY_UNET_HEADS)
+
+
+@pytest.mark.parametrize(
+    ("heads", "match"),
+    [
+        ({"unet_heads": (1, 3, 2, 2)}, r"--unet-heads\): 3 heads do not divide the unet level 1 width 64"),
+        ({"unet_heads": (1, 2, 2)}, r"--unet-heads\) gives 3 counts for a unet of 4 levels"),
+        ({"unet_heads": 0}, r"--unet-heads\) must be positive integers, got 0"),
+        ({"unet_heads": (1, 2, 2, 2.0)}, r"--unet-heads\) must be positive integers, got 2\.0"),
+        ({"unet_heads": TINY_UNET_HEADS, "clip_heads": 5}, r"--clip-heads\): 5 heads do not divide"),
+        ({"unet_heads": TINY_UNET_HEADS, "clip_heads": -4}, r"--clip-heads\) must be positive"),
+    ],
+)
+def test_bad_explicit_head_counts_are_refused_naming_the_option(tiny_checkpoint, heads, match):
+    with pytest.raises(CheckpointConversionError, match=match):
+        convert.infer_configs(convert.SafetensorsFile(tiny_checkpoint), **heads)
+
+
+def test_clip_heads_without_an_image_tower_are_refused(tiny_checkpoint):
+    state = convert.SafetensorsFile(tiny_checkpoint)
+    no_clip = {k: v for k, v in state.shapes.items() if not k.startswith(convert.CLIP_PREFIX)}
+    no_clip = {k: torch.empty(shape, device="meta") for k, shape in no_clip.items()}
+    with pytest.raises(CheckpointConversionError, match=r"--clip-heads\) was given but .* no OpenCLIP"):
+        convert.infer_configs(no_clip, unet_heads=TINY_UNET_HEADS, clip_heads=4)
