@@ -21,11 +21,13 @@ import pytest
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
 from safetensors.torch import save_file
+from typer.testing import CliRunner
 
+from pipeline.cache_cli import app
 from stages.errors import CheckpointConversionError, ConfigError
 from stages.sv3d import build_tiny_sv3d, convert
 from stages.sv3d.unet import SV3DUNetModel, res_block_norms
-from tests.test_convert_sv3d import TINY_UNET_HEADS, tiny_components
+from tests.test_convert_sv3d import TINY_HEADS, TINY_UNET_HEADS, tiny_components
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sv3d_p_sgm_keys.json.gz"
 SGM_RES_BLOCK_EPS = 1e-5
@@ -225,3 +227,36 @@ def test_clip_heads_without_an_image_tower_are_refused(tiny_checkpoint):
     no_clip = {k: torch.empty(shape, device="meta") for k, shape in no_clip.items()}
     with pytest.raises(CheckpointConversionError, match=r"--clip-heads\) was given but .* no OpenCLIP"):
         convert.infer_configs(no_clip, unet_heads=TINY_UNET_HEADS, clip_heads=4)
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, ["convert-sv3d", *args])
+
+
+def test_cli_converts_with_explicit_heads_and_records_them(tiny_checkpoint, tmp_path):
+    out = tmp_path / "model"
+    result = _cli(str(tiny_checkpoint), str(out), "--unet-heads", "1,2,2,2", "--clip-heads", "4")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "unet" / "config.json").read_text())["num_attention_heads"] == [1, 2, 2, 2]
+    assert json.loads((out / "image_encoder" / "config.json").read_text())["num_attention_heads"] == 4
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["attention_heads"] == {"unet": [1, 2, 2, 2], "image_encoder": TINY_HEADS["clip_heads"]}
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ((), "--unet-heads"),
+        (("--unet-heads", "1,2,2,2"), "--clip-heads"),
+        (("--unet-heads", "3", "--clip-heads", "4"), "3 heads do not divide the unet level 0 width 32"),
+        (("--unet-heads", "1,two"), "--unet-heads takes one integer or comma-separated integers"),
+    ],
+)
+def test_cli_refuses_ambiguous_or_bad_heads_in_one_line_with_exit_2(
+    tiny_checkpoint, tmp_path, options, expected
+):
+    result = _cli(str(tiny_checkpoint), str(tmp_path / "model"), *options)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "model").exists()
