@@ -237,6 +237,17 @@ def make_tiny_model(
     typer.echo(f"tiny SV3D-p model written to {path}")
 
 
+def _head_counts(text: str | None) -> int | tuple[int, ...] | None:
+    """--unet-heads '5,10,20,20' or '8' (all levels); whether they fit is the converter's check."""
+    if text is None:
+        return None
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+        return counts[0] if len(counts) == 1 else counts
+    except ValueError:
+        fail(f"--unet-heads takes one integer or comma-separated integers per level, got {text!r}")
+
+
 @app.command("convert-sv3d")
 def convert_sv3d(
     checkpoint: Path = typer.Argument(..., help="Official sv3d_p.safetensors (generative-models layout)."),
@@ -245,6 +256,16 @@ def convert_sv3d(
         None, help="Local CLIP vision model dir, if the checkpoint has no OpenCLIP weights."
     ),
     dtype: str = typer.Option("float16", help="Storage dtype: float16 | float32."),
+    unet_heads: str | None = typer.Option(
+        None,
+        help="UNet attention heads: one count, or one per level comma-separated (e.g. 5,10,20,20). "
+        "Default: channels / 64, as SV3D-p; needed when 64 does not divide a level's width.",
+    ),
+    clip_heads: int | None = typer.Option(
+        None,
+        help="OpenCLIP image tower heads. Default: width / 80, as ViT-H/14; needed when 80 "
+        "does not divide the width.",
+    ),
 ) -> None:
     """Convert the official SV3D-p checkpoint into the model directory `generate` loads."""
     import torch
@@ -253,9 +274,15 @@ def convert_sv3d(
 
     if dtype not in ("float16", "float32"):
         fail(f"--dtype must be float16 or float32, got {dtype!r}")
+    unet_head_counts = _head_counts(unet_heads)
     try:
         path = convert_sv3d_checkpoint(
-            checkpoint, out_dir, image_encoder_dir=image_encoder, dtype=getattr(torch, dtype)
+            checkpoint,
+            out_dir,
+            image_encoder_dir=image_encoder,
+            dtype=getattr(torch, dtype),
+            unet_heads=unet_head_counts,
+            clip_heads=clip_heads,
         )
     except (StageError, FileNotFoundError, OSError) as exc:
         fail(str(exc))

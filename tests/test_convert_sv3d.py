@@ -41,6 +41,12 @@ TARGET_CLASSES = {
 }
 
 
+TINY_UNET_HEADS = (1, 2, 2, 2)
+TINY_HEADS = {"unet_heads": TINY_UNET_HEADS, "clip_heads": 4}
+"""The tiny models' heads: their widths (32, 64) are not SV3D-p's head sizes' multiples,
+so the converter must be told (it refuses to guess)."""
+
+
 def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Distinct random values everywhere, so a swapped key cannot go unnoticed."""
     generator = torch.Generator().manual_seed(seed)
@@ -56,7 +62,7 @@ def tiny_components(seed: int = 0) -> dict[str, torch.nn.Module]:
         block_out_channels=(32, 64, 64, 64),
         layers_per_block=1,
         cross_attention_dim=32,
-        num_attention_heads=(1, 2, 2, 2),
+        num_attention_heads=TINY_UNET_HEADS,
         camera_embed_dims=(16, 32, 32),
         projection_class_embeddings_input_dim=80,
         addition_time_embed_dim=16,
@@ -72,7 +78,7 @@ def tiny_components(seed: int = 0) -> dict[str, torch.nn.Module]:
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
-            num_attention_heads=4,
+            num_attention_heads=TINY_HEADS["clip_heads"],
             image_size=32,
             patch_size=8,
             projection_dim=32,
@@ -115,7 +121,7 @@ def test_round_trip_through_one_sgm_file_restores_every_tensor(tiny, tmp_path):
     checkpoint = _write(tmp_path, state)
     messages: list[str] = []
     out = convert.convert_sv3d_checkpoint(
-        checkpoint, tmp_path / "model", dtype=None, progress=messages.append
+        checkpoint, tmp_path / "model", dtype=None, progress=messages.append, **TINY_HEADS
     )
 
     assert sorted(p.name for p in out.iterdir()) == [
@@ -130,7 +136,12 @@ def test_round_trip_through_one_sgm_file_restores_every_tensor(tiny, tmp_path):
     for name, cls in TARGET_CLASSES.items():
         loaded = cls.from_pretrained(out / name, local_files_only=True)
         _assert_same_tensors(components[name].state_dict(), loaded.state_dict(), name)
+    # The given head counts, not 64- or 80-wide guesses, are in the configs and the record.
+    assert SV3DUNetModel.load_config(out / "unet")["num_attention_heads"] == list(TINY_UNET_HEADS)
+    assert CLIPVisionConfig.from_pretrained(out / "image_encoder").num_attention_heads == 4
     record = json.loads((out / "conversion.json").read_text())
+    assert record["attention_heads"] == {"unet": list(TINY_UNET_HEADS), "image_encoder": 4}
+    assert set(record["attention_heads_source"].values()) == {"given"}
     assert record["source_file"] == "sv3d_p.safetensors"
     assert record["source_bytes"] == checkpoint.stat().st_size
     assert record["converter_version"] == convert.CONVERTER_VERSION
@@ -148,7 +159,7 @@ def test_converted_directory_loads_as_a_pipeline_in_float16(tiny, tmp_path):
     from stages.sv3d.loading import load_sv3d_pipeline
 
     components, state = tiny
-    out = convert.convert_sv3d_checkpoint(_write(tmp_path, state), tmp_path / "model")
+    out = convert.convert_sv3d_checkpoint(_write(tmp_path, state), tmp_path / "model", **TINY_HEADS)
     unet = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
     assert {v.dtype for v in unet.values()} == {torch.float16}
     original = components["unet"].state_dict()
@@ -160,7 +171,7 @@ def test_converted_directory_loads_as_a_pipeline_in_float16(tiny, tmp_path):
 
 def test_sgm_to_diffusers_inverts_diffusers_to_sgm_in_memory(tiny):
     components, state = tiny
-    converted = convert.sgm_to_diffusers(state)
+    converted = convert.sgm_to_diffusers(state, **TINY_HEADS)
     for name, module in components.items():
         _assert_same_tensors(module.state_dict(), converted[name], name)
 
@@ -171,9 +182,9 @@ def test_image_decoder_gets_switched_off_temporal_layers_and_decodes_per_frame(t
     assert not any(
         ".time_stack." in k or "mix_factor" in k for k in state if k.startswith("first_stage_model")
     )
-    configs = convert.infer_configs(state)
+    configs = convert.infer_configs(state, **TINY_HEADS)
     assert not configs.temporal_decoder
-    vae_state = convert.sgm_to_diffusers(state)["vae"]
+    vae_state = convert.sgm_to_diffusers(state, **TINY_HEADS)["vae"]
     original = components["vae"].state_dict()
     for key, value in vae_state.items():
         if "temporal_res_block" in key or "time_mixer" in key or "time_conv_out" in key:
@@ -210,7 +221,7 @@ def test_missing_key_is_named(tiny, tmp_path):
     key = "model.diffusion_model.input_blocks.1.0.time_stack.in_layers.2.weight"
     broken = {k: v for k, v in state.items() if k != key}
     with pytest.raises(CheckpointConversionError, match="1 missing key") as info:
-        convert.convert_sv3d_checkpoint(_write(tmp_path, broken), tmp_path / "model")
+        convert.convert_sv3d_checkpoint(_write(tmp_path, broken), tmp_path / "model", **TINY_HEADS)
     assert key in str(info.value)
     assert not (tmp_path / "model").exists()
 
@@ -219,7 +230,7 @@ def test_unknown_key_is_named(tiny, tmp_path):
     _, state = tiny
     extra = {**state, "model.diffusion_model.extra_head.weight": torch.zeros(2)}
     with pytest.raises(CheckpointConversionError, match=r"1 unmapped key.*extra_head\.weight"):
-        convert.convert_sv3d_checkpoint(_write(tmp_path, extra), tmp_path / "model")
+        convert.convert_sv3d_checkpoint(_write(tmp_path, extra), tmp_path / "model", **TINY_HEADS)
 
 
 def test_wrong_shape_names_target_and_source_keys(tiny, tmp_path):
@@ -227,7 +238,7 @@ def test_wrong_shape_names_target_and_source_keys(tiny, tmp_path):
     key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
     bad = {**state, key: torch.zeros(32, 32, 1, 1)}
     with pytest.raises(CheckpointConversionError, match="expects shape") as info:
-        convert.convert_sv3d_checkpoint(_write(tmp_path, bad), tmp_path / "model")
+        convert.convert_sv3d_checkpoint(_write(tmp_path, bad), tmp_path / "model", **TINY_HEADS)
     message = str(info.value)
     assert "down_blocks.0.resnets.0.spatial_res_block.conv1.weight" in message and key in message
     assert not (tmp_path / "model").exists()
@@ -250,7 +261,7 @@ def test_missing_file_and_non_empty_out_dir_are_refused(tiny, tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "keep.txt").write_text("x")
     with pytest.raises(CheckpointConversionError, match="not empty"):
-        convert.convert_sv3d_checkpoint(_write(tmp_path, tiny[1]), tmp_path / "model")
+        convert.convert_sv3d_checkpoint(_write(tmp_path, tiny[1]), tmp_path / "model", **TINY_HEADS)
 
 
 def test_checkpoint_without_clip_needs_and_copies_an_image_encoder_dir(tiny, tmp_path):
@@ -258,14 +269,18 @@ def test_checkpoint_without_clip_needs_and_copies_an_image_encoder_dir(tiny, tmp
     no_clip = {k: v for k, v in state.items() if not k.startswith("conditioner.embedders.0.")}
     checkpoint = _write(tmp_path, no_clip)
     with pytest.raises(CheckpointConversionError, match="image_encoder_dir"):
-        convert.convert_sv3d_checkpoint(checkpoint, tmp_path / "model")
+        convert.convert_sv3d_checkpoint(checkpoint, tmp_path / "model", unet_heads=TINY_UNET_HEADS)
     clip_dir = tmp_path / "clip"
     components["image_encoder"].save_pretrained(clip_dir)
-    out = convert.convert_sv3d_checkpoint(checkpoint, tmp_path / "model", image_encoder_dir=clip_dir)
+    out = convert.convert_sv3d_checkpoint(
+        checkpoint, tmp_path / "model", image_encoder_dir=clip_dir, unet_heads=TINY_UNET_HEADS
+    )
     loaded = CLIPVisionModelWithProjection.from_pretrained(out / "image_encoder", local_files_only=True)
     _assert_same_tensors(components["image_encoder"].state_dict(), loaded.state_dict(), "image_encoder")
     with pytest.raises(CheckpointConversionError, match="has its own OpenCLIP"):
-        convert.convert_sv3d_checkpoint(_write(tmp_path, state), tmp_path / "m2", image_encoder_dir=clip_dir)
+        convert.convert_sv3d_checkpoint(
+            _write(tmp_path, state), tmp_path / "m2", image_encoder_dir=clip_dir, **TINY_HEADS
+        )
 
 
 # ----------------------------------------------------------------- the official layout

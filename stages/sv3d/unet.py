@@ -5,13 +5,22 @@ state-dict keys are SVD's and checkpoints convert with SVD's key naming. Only th
 vector conditioning differs: SVD embeds (fps, motion bucket, noise aug) once per
 video, while SV3D-p embeds (cond_aug, polar, azimuth) once per FRAME
 (sgm `ConcatTimestepEmbedderND`, adm_in_channels 1280 = 256 + 512 + 512).
+
+One numeric detail is restored after the parent builds its blocks: sgm's res blocks
+(`VideoResBlock`, spatial and `time_stack`) normalise with GroupNorm eps 1e-5, while
+diffusers builds those of `CrossAttnDownBlockSpatioTemporal` (hard-coded) and of every up
+block (`get_up_block` drops `resnet_eps`) with 1e-6. The attention blocks' GroupNorm is
+1e-6 and the output norm 1e-5 in both, so those are left alone.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.resnet import SpatioTemporalResBlock
 from diffusers.models.unets.unet_spatio_temporal_condition import (
     UNetSpatioTemporalConditionModel,
     UNetSpatioTemporalConditionOutput,
@@ -50,7 +59,9 @@ class SV3DUNetModel(UNetSpatioTemporalConditionModel):
     """SVD's VideoUNet conditioned per frame on camera angles (SV3D-p).
 
     Config: every argument of `UNetSpatioTemporalConditionModel` (with SV3D-p's
-    defaults) plus `camera_embed_dims`. `addition_time_embed_dim` is kept only so the
+    defaults) plus `camera_embed_dims` and `resnet_eps`, the GroupNorm eps of every
+    spatial and temporal res block (sgm: 1e-5; a config written before the field
+    existed loads with that default). `addition_time_embed_dim` is kept only so the
     parent builds unchanged; SV3D-p does not use it.
     """
 
@@ -81,6 +92,7 @@ class SV3DUNetModel(UNetSpatioTemporalConditionModel):
         num_attention_heads: int | tuple[int, ...] = (5, 10, 20, 20),
         num_frames: int = 21,
         camera_embed_dims: tuple[int, int, int] = (256, 512, 512),
+        resnet_eps: float = 1e-5,
     ):
         camera_embed_dims = tuple(int(d) for d in camera_embed_dims)
         if len(camera_embed_dims) != 3 or any(d <= 0 or d % 2 for d in camera_embed_dims):
@@ -93,6 +105,12 @@ class SV3DUNetModel(UNetSpatioTemporalConditionModel):
                 f"projection_class_embeddings_input_dim must equal sum(camera_embed_dims)="
                 f"{sum(camera_embed_dims)}, got {projection_class_embeddings_input_dim}"
             )
+        if (
+            isinstance(resnet_eps, bool)
+            or not isinstance(resnet_eps, int | float)
+            or not (math.isfinite(resnet_eps) and 0 < resnet_eps < 1)
+        ):
+            raise ConfigError(f"resnet_eps must be a number in (0, 1), got {resnet_eps!r}")
         super().__init__(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -108,6 +126,9 @@ class SV3DUNetModel(UNetSpatioTemporalConditionModel):
             num_attention_heads=num_attention_heads,
             num_frames=num_frames,
         )
+        # eps holds no weight, so setting it afterwards keeps every state-dict key.
+        for _, norm in res_block_norms(self):
+            norm.eps = float(resnet_eps)
 
     def embed_conditioning(
         self,
@@ -243,6 +264,18 @@ class SV3DUNetModel(UNetSpatioTemporalConditionModel):
         for name, x in (("polars_rad", polars_rad), ("azimuths_rad", azimuths_rad)):
             if tuple(x.shape) != (b, v):
                 raise ValueError(f"{name} must be ({b}, {v}), got {tuple(x.shape)}")
+
+
+def res_block_norms(unet: torch.nn.Module) -> list[tuple[str, torch.nn.GroupNorm]]:
+    """(name, GroupNorm) of norm1 and norm2 of every spatial and temporal res block, in
+    the down, mid and up blocks: the norms sgm builds with `normalization` (eps 1e-5)."""
+    norms = []
+    for name, module in unet.named_modules():
+        if isinstance(module, SpatioTemporalResBlock):
+            for part in ("spatial_res_block", "temporal_res_block"):
+                for norm in ("norm1", "norm2"):
+                    norms.append((f"{name}.{part}.{norm}", getattr(getattr(module, part), norm)))
+    return norms
 
 
 def _has_xattn(block: torch.nn.Module) -> bool:

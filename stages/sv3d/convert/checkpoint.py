@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ def convert_sv3d_checkpoint(
     image_encoder_dir: Path | None = None,
     dtype: torch.dtype | None = torch.float16,
     progress: Callable[[str], None] | None = None,
+    unet_heads: int | Sequence[int] | None = None,
+    clip_heads: int | None = None,
 ) -> Path:
     """Write the diffusers directory of an official sgm SV3D-p checkpoint; returns out_dir.
 
@@ -46,11 +48,18 @@ def convert_sv3d_checkpoint(
             when (and only when) the checkpoint has no OpenCLIP image tower; copied.
         dtype: floating dtype of the saved weights; None keeps the checkpoint's.
         progress: called with a short message after each step.
+        unet_heads: UNet attention heads, one per level or one for all; None derives
+            SV3D-p's (channels / 64) and refuses widths 64 does not divide.
+        clip_heads: heads of the checkpoint's OpenCLIP tower; None derives ViT-H's
+            (width / 80) and refuses widths 80 does not divide.
+
+    The head counts used are in unet/config.json and image_encoder/config.json, and in
+    conversion.json with whether they were given or derived.
     """
     say = progress or (lambda message: None)
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     source = SafetensorsFile(checkpoint, dtype=dtype)
-    configs = infer_configs(source)
+    configs = infer_configs(source, unet_heads=unet_heads, clip_heads=clip_heads)
     plan = conversion_plan(configs)
     check_keys(source.shapes, plan)
     if configs.image_encoder is None and image_encoder_dir is None:
@@ -92,7 +101,8 @@ def convert_sv3d_checkpoint(
             say(f"copied image_encoder/ from {image_encoder_dir}")
         classes.update(_write_small_components(work))
         _write_model_index(work, classes)
-        _write_record(work, checkpoint, source, configs, image_encoder_dir, dtype)
+        given = {"unet": unet_heads is not None, "image_encoder": clip_heads is not None}
+        _write_record(work, checkpoint, source, configs, image_encoder_dir, dtype, given)
         if out_dir.exists():
             out_dir.rmdir()
         work.rename(out_dir)
@@ -180,7 +190,12 @@ def _write_record(
     configs: SV3DConfigs,
     image_encoder_dir: Path | None,
     dtype: torch.dtype | None,
+    heads_given: Mapping[str, bool],
 ) -> None:
+    # Enough to repeat the conversion: the head counts cannot be read back from shapes.
+    heads = {"unet": list(configs.unet["num_attention_heads"])}
+    if configs.image_encoder is not None:
+        heads["image_encoder"] = configs.image_encoder["num_attention_heads"]
     record = {
         "converter_version": CONVERTER_VERSION,
         "source_file": checkpoint.name,
@@ -191,5 +206,9 @@ def _write_record(
         "decoder": "temporal" if configs.temporal_decoder else "image (temporal layers switched off)",
         "image_encoder": "checkpoint" if image_encoder_dir is None else f"copied from {image_encoder_dir}",
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        "attention_heads": heads,
+        "attention_heads_source": {
+            name: "given" if heads_given[name] else "derived from SV3D-p's head size" for name in heads
+        },
     }
     (root / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -58,6 +58,7 @@ def sv3d_p_unet_config() -> dict[str, Any]:
         "num_attention_heads": [5, 10, 20, 20],
         "num_frames": 21,
         "camera_embed_dims": [256, 512, 512],
+        "resnet_eps": 1e-5,
     }
 
 

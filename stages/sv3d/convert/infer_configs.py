@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -18,30 +18,51 @@ from stages.sv3d.convert.sgm_layout import (
     VAE_ENCODER_PREFIX,
 )
 
+SV3D_P_UNET_HEAD_DIM = 64
+"""sgm `num_head_channels` of SV3D-p's VideoUNet: heads = channels / 64 at every level."""
+SV3D_P_CLIP_HEAD_DIM = 80
+"""OpenCLIP ViT-H/14's head size: 1280 / 16 heads."""
+UNET_HEADS_OPTION = "unet_heads (--unet-heads)"
+CLIP_HEADS_OPTION = "clip_heads (--clip-heads)"
+
 
 def infer_configs(
     state_dict: Mapping[str, Tensor],
-    unet_head_dim: int = 64,
-    clip_head_dim: int = 80,
+    unet_heads: int | Sequence[int] | None = None,
+    clip_heads: int | None = None,
 ) -> SV3DConfigs:
     """Component configs derived from the tensor shapes of an sgm SV3D checkpoint.
 
     Shapes give every width and layer count. What shapes cannot give comes from
-    SV3D-p: attention heads (channels / `unet_head_dim`, width / `clip_head_dim`,
-    at least 1), the camera sinusoid sizes (1:2:2 of adm_in_channels), 21 frames,
-    576 px. Works on meta tensors.
+    SV3D-p: the camera sinusoid sizes (1:2:2 of adm_in_channels), 21 frames, 576 px,
+    and, unless given, the attention heads. Works on meta tensors.
+
+    Args:
+        unet_heads: UNet attention heads, one count per level or one for all levels.
+            None: channels / 64 per level, as in SV3D-p; a level whose width 64 does
+            not divide is refused, since a wrong count converts silently.
+        clip_heads: heads of the OpenCLIP image tower. None: width / 80, as ViT-H/14.
+
+    Raises:
+        CheckpointConversionError: shapes that do not fit, or head counts that do not
+            divide the widths (naming the option to pass).
     """
     shapes = shape_table(state_dict)
     has_clip = any(k.startswith(CLIP_PREFIX) for k in shapes)
+    if clip_heads is not None and not has_clip:
+        raise CheckpointConversionError(
+            f"{CLIP_HEADS_OPTION} was given but the checkpoint has no OpenCLIP image tower "
+            f"({CLIP_PREFIX}*); the image encoder directory keeps its own config, leave it out"
+        )
     temporal = any(
         k.startswith(DECODER_PREFIX)
         and (".time_stack." in k or ".time_mix_conv." in k or k.endswith("mix_factor"))
         for k in shapes
     )
     return SV3DConfigs(
-        unet=_infer_unet(shapes, unet_head_dim),
+        unet=_infer_unet(shapes, unet_heads),
         vae=_infer_vae(shapes),
-        image_encoder=_infer_clip(shapes, clip_head_dim) if has_clip else None,
+        image_encoder=_infer_clip(shapes, clip_heads) if has_clip else None,
         temporal_decoder=temporal,
     )
 
@@ -73,7 +94,7 @@ def _indices(shapes: Mapping[str, Any], prefix: str) -> list[int]:
     return sorted(found)
 
 
-def _infer_unet(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[str, Any]:
+def _infer_unet(shapes: Mapping[str, tuple[int, ...]], heads: int | Sequence[int] | None) -> dict[str, Any]:
     p = UNET_PREFIX
     conv_in = _need(shapes, p + "input_blocks.0.0.weight", "unet")
     blocks = _indices(shapes, p + "input_blocks.")
@@ -90,10 +111,11 @@ def _infer_unet(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[st
         raise CheckpointConversionError(
             f"cannot infer the unet config: downsamplers at input_blocks {downs}, expected {expected_downs}"
         )
-    channels, down_attn, depth, cross_dim = [], [], None, 0
+    channels, down_attn, depth, cross_dim, width_keys = [], [], None, 0, []
     for lv in range(levels):
         first = p + f"input_blocks.{1 + lv * per_level}"
-        channels.append(_need(shapes, first + ".0.out_layers.3.weight", "unet")[0])
+        width_keys.append(first + ".0.out_layers.3.weight")
+        channels.append(_need(shapes, width_keys[-1], "unet")[0])
         has_attn = first + ".1.proj_in.weight" in shapes
         down_attn.append(has_attn)
         if has_attn and depth is None:
@@ -125,19 +147,49 @@ def _infer_unet(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[st
         "layers_per_block": nrb,
         "cross_attention_dim": cross_dim,
         "transformer_layers_per_block": depth,
-        "num_attention_heads": [_heads(c, head_dim, "unet") for c in channels],
+        "num_attention_heads": _unet_heads(channels, width_keys, heads),
         "num_frames": 21,
         "camera_embed_dims": [adm // 5, 2 * adm // 5, 2 * adm // 5],
+        "resnet_eps": 1e-5,  # sgm's `normalization`; recorded so the config says it
     }
 
 
-def _heads(width: int, head_dim: int, what: str) -> int:
-    heads = max(1, width // head_dim)
-    if width % heads:
+def _unet_heads(channels: list[int], width_keys: list[str], heads: int | Sequence[int] | None) -> list[int]:
+    """Heads per level: the explicit counts, checked, or channels / 64 where 64 divides."""
+    if heads is None:
+        return [
+            _default_heads(width, SV3D_P_UNET_HEAD_DIM, key, UNET_HEADS_OPTION)
+            for width, key in zip(channels, width_keys, strict=True)
+        ]
+    counts = [heads] * len(channels) if isinstance(heads, int) else list(heads)
+    if len(counts) != len(channels):
         raise CheckpointConversionError(
-            f"{what}: width {width} does not split into {heads} heads of {head_dim}"
+            f"{UNET_HEADS_OPTION} gives {len(counts)} counts for a unet of {len(channels)} levels "
+            f"(widths {channels}); give one count per level or one for all"
         )
-    return heads
+    return [
+        _checked_heads(count, width, f"unet level {lv} width", UNET_HEADS_OPTION)
+        for lv, (count, width) in enumerate(zip(counts, channels, strict=True))
+    ]
+
+
+def _default_heads(width: int, head_dim: int, key: str, option: str) -> int:
+    # A width the official head size does not divide is not SV3D-p's layout; any count
+    # guessed for it would load and run, but compute different attention.
+    if width < head_dim or width % head_dim:
+        raise CheckpointConversionError(
+            f"{key} has width {width}, which SV3D-p's head size {head_dim} does not divide, so the "
+            f"attention head count is ambiguous; pass {option}"
+        )
+    return width // head_dim
+
+
+def _checked_heads(count: object, width: int, what: str, option: str) -> int:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CheckpointConversionError(f"{option} must be positive integers, got {count!r}")
+    if width % count:
+        raise CheckpointConversionError(f"{option}: {count} heads do not divide the {what} {width}")
+    return count
 
 
 def _infer_vae(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -182,7 +234,7 @@ def _infer_vae(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     }
 
 
-def _infer_clip(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[str, Any]:
+def _infer_clip(shapes: Mapping[str, tuple[int, ...]], heads: int | None) -> dict[str, Any]:
     c = CLIP_PREFIX
     conv1 = _need(shapes, c + "conv1.weight", "image encoder")
     positions = _need(shapes, c + "positional_embedding", "image encoder")[0]
@@ -192,11 +244,15 @@ def _infer_clip(shapes: Mapping[str, tuple[int, ...]], head_dim: int) -> dict[st
             f"{c}positional_embedding has {positions} rows, not 1 + a square number of patches"
         )
     width = conv1[0]
+    if heads is None:
+        heads = _default_heads(width, SV3D_P_CLIP_HEAD_DIM, c + "conv1.weight", CLIP_HEADS_OPTION)
+    else:
+        heads = _checked_heads(heads, width, "image encoder width", CLIP_HEADS_OPTION)
     return {
         "hidden_size": width,
         "intermediate_size": _need(shapes, c + "transformer.resblocks.0.mlp.c_fc.weight", "image encoder")[0],
         "num_hidden_layers": len(_indices(shapes, c + "transformer.resblocks.")),
-        "num_attention_heads": _heads(width, head_dim, "image encoder"),
+        "num_attention_heads": heads,
         "num_channels": conv1[1],
         "image_size": grid * conv1[2],
         "patch_size": conv1[2],

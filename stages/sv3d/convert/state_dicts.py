@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -50,13 +50,18 @@ def check_keys(keys: Iterable[str], plan: Iterable[KeyMapping]) -> None:
         )
 
 
-def sgm_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+def sgm_to_diffusers(
+    state_dict: Mapping[str, Tensor],
+    unet_heads: int | Sequence[int] | None = None,
+    clip_heads: int | None = None,
+) -> dict[str, dict[str, Tensor]]:
     """Official sgm state dict -> {'unet', 'vae', 'image_encoder'} diffusers state dicts.
 
     'image_encoder' is absent when the checkpoint has no OpenCLIP image tower. Tensors
-    keep their dtype and device (meta tensors give a shape-only conversion).
+    keep their dtype and device (meta tensors give a shape-only conversion). The head
+    counts are as in `infer_configs`; the key plan itself does not depend on them.
     """
-    configs = infer_configs(state_dict)
+    configs = infer_configs(state_dict, unet_heads=unet_heads, clip_heads=clip_heads)
     plan = conversion_plan(configs)
     check_keys(shape_table(state_dict).keys(), plan)
     components = {m.component for m in plan}
