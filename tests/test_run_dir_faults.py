@@ -134,6 +134,16 @@ def test_a_folder_with_someone_elses_config_json_is_refused_and_untouched(cache,
     assert (run / "config.json").read_text() == '{"_class_name": "UNet"}'
 
 
+def test_resume_saves_the_stage_one_settings_of_a_run_from_before_them(cache, tmp_path):
+    run = tmp_path / "run"
+    assert _fit(cache, run).exit_code == 0
+    saved = (run / STAGE_ONE).read_text()
+    (run / STAGE_ONE).unlink()  # as a run written before stage_one.json
+    result = _fit(cache, run, "--resume")  # already at --steps: trains nothing
+    assert result.exit_code == 0 and "trained steps 2..2" in result.output, result.output
+    assert (run / STAGE_ONE).read_text() == saved
+
+
 # predict checks the model against the run before stage one.
 
 
