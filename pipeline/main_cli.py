@@ -117,11 +117,9 @@ def predict_command(
             resolve_device(device),
             stage_one_defaults=stage_one_defaults,
         )
-        record = predict_images(job)
+        record = predict_images(job, lambda note: typer.secho(f"note: {note}", fg=typer.colors.YELLOW))
     except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
-    for note in record["notes"]:
-        typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
     for item in record["predictions"]:
         typer.echo(f"  {item['image']}: {len(item['keypoints_3d'])} keypoints, overlay {item['overlay']}")
     for item in record["failed"]:

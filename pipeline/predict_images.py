@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,16 +64,23 @@ class PredictJob:
     defaults instead of refusing (runs trained on synthetic renders)."""
 
 
-def predict_images(job: PredictJob) -> dict[str, Any]:
+def predict_images(job: PredictJob, notice: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run both stages on the images; write keypoints.json and overlays; return the record.
 
     Everything that can be refused (images, run, stage-one settings, the model's sizes) is
-    checked before stage one runs: it is by far the slowest part."""
+    checked before stage one runs: it is by far the slowest part. notice(line) gets each
+    note on the stage-one settings (also kept under "notes") before stage one starts."""
     images = input_images(job.images)
     run = load_run(job.run_dir, job.device)
+    tell = notice or (lambda line: None)
     stage_one = choose_stage_one(job.run_dir, job.stage_one_defaults)
+    for note in stage_one.notes:  # told before the model check, which may refuse
+        tell(note)
     model_dir_exists(str(job.model))
-    notes = [*stage_one.notes, *check_model_fits_run(job.model, stage_one, run, job.run_dir)]
+    model_notes = check_model_fits_run(job.model, stage_one, run, job.run_dir)
+    for note in model_notes:
+        tell(note)
+    notes = [*stage_one.notes, *model_notes]
     job.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="keydiff3d-predict-") as scratch:
         listing = Path(scratch) / "images.txt"

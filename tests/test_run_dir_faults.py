@@ -179,10 +179,10 @@ def test_predict_refuses_a_model_of_another_size_before_stage_one(
     trained, tiny_model_dir, tmp_path, no_stage_one
 ):
     kept = tmp_path / "kept.zarr"
-    _refused(
-        _predict(trained, tiny_model_dir, tmp_path, str(kept)), "--model", "64 px", "32 px", str(trained)
-    )
+    result = _predict(trained, tiny_model_dir, tmp_path, str(kept))
+    _refused(result, "--model", "64 px", "32 px", str(trained))
     assert not kept.exists() and not (tmp_path / "out").exists()
+    assert "note:" in result.output and "trained on synthetic renders" in result.output
 
 
 def test_predict_refuses_an_old_run_whose_cache_is_gone(cache, tiny_model_dir, tmp_path, no_stage_one):
@@ -197,4 +197,5 @@ def test_predict_refuses_an_old_run_whose_cache_is_gone(cache, tiny_model_dir, t
     # With the defaults accepted, the model's size is checked next, still before stage one.
     result = _predict(run, tiny_model_dir, tmp_path, str(kept), "--stage-one-defaults")
     _refused(result, "64 px", "32 px")
+    assert "stage-one settings unknown; using the SV3D-p defaults" in result.output
     assert not kept.exists()
