@@ -97,13 +97,27 @@ def predict_command(
     out: Path = typer.Option(..., "--out", help="Folder for keypoints.json and the overlay PNGs."),
     cache: Path | None = typer.Option(None, help="Keep stage one's output here (default: temporary)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    stage_one_defaults: bool = typer.Option(
+        False,
+        help="For a run from before stage_one.json whose training cache is gone (e.g. synthetic "
+        "renders): run stage one with the SV3D-p defaults instead of refusing.",
+    ),
 ) -> None:
     """3D keypoints of each image (model frame) and 2D keypoints in the original image's pixels."""
     from pipeline.predict_images import PredictJob, predict_images
 
     try:
         check_out_folder(out)
-        record = predict_images(PredictJob(tuple(images), model, run, out, cache, resolve_device(device)))
+        job = PredictJob(
+            tuple(images),
+            model,
+            run,
+            out,
+            cache,
+            resolve_device(device),
+            stage_one_defaults=stage_one_defaults,
+        )
+        record = predict_images(job, lambda note: typer.secho(f"note: {note}", fg=typer.colors.YELLOW))
     except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
     for item in record["predictions"]:

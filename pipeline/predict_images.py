@@ -1,7 +1,8 @@
 """`keydiff3d predict`: image files in, 3D keypoints and 2D keypoints on the original images out.
 
 Stage one runs on the images with the SV3D-p model (same generation settings as the run's
-training cache when that cache is an SV3D cache), then the run's keypoint model predicts.
+training cache, which `fit` keeps in the run's stage_one.json; see predict_stage_one.py),
+then the run's keypoint model predicts.
 The 2D keypoints are the 3D ones projected into view 0, which is the input image itself
 (`replace_input_frame`), mapped back through the preprocessing crop to source pixels.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cache_schema import CacheError, CacheReader, CacheStore  # noqa: E402
+from cache_schema import CacheReader, CacheStore  # noqa: E402
 from cache_schema.layout import STATUS_FAILED  # noqa: E402
+from pipeline.backends import model_dir_exists  # noqa: E402
 from pipeline.generate import GenerateJob, run_generate  # noqa: E402
+from pipeline.predict_stage_one import check_model_fits_run, choose_stage_one  # noqa: E402
 from pipeline.train_report import draw_keypoints  # noqa: E402
-from stages.config import GenerationConfig  # noqa: E402
 from stages.images import prepared_to_source, read_rgba  # noqa: E402
-from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, load_run  # noqa: E402
+from stages.keypoints.checkpoint import TrainedRun, load_run  # noqa: E402
 from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.skeleton import maximum_spanning_tree  # noqa: E402
 from stages.sources import list_image_sources  # noqa: E402
@@ -57,40 +59,41 @@ class PredictJob:
     """Keep stage one's output in this store (resumable); default: a temporary one."""
     device: str = "cpu"
     progress: bool = True
+    stage_one_defaults: bool = False
+    """For a run from before stage_one.json whose training cache is gone: use the SV3D-p
+    defaults instead of refusing (runs trained on synthetic renders)."""
 
 
-def generation_config_of(run_dir: Path) -> GenerationConfig:
-    """The stage-one settings of the run's first training cache if it came from SV3D-p.
+def predict_images(job: PredictJob, notice: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run both stages on the images; write keypoints.json and overlays; return the record.
 
-    Caches of the synthetic world (render backend) have no SV3D settings to copy; the
-    defaults are used and the model's image size check reports any mismatch.
-    """
-    record = json.loads((run_dir / RUN_CONFIG).read_text())
-    for cache in record.get("data", {}).get("caches", [])[:1]:
-        try:
-            metadata = CacheStore.open(cache).metadata
-        except (CacheError, OSError):
-            break
-        if metadata.source.get("backend") == "sv3d":
-            return GenerationConfig.from_dict(metadata.generation)
-    return GenerationConfig()
-
-
-def predict_images(job: PredictJob) -> dict[str, Any]:
-    """Run both stages on the images; write keypoints.json and overlays; return the record."""
+    Everything that can be refused (images, run, stage-one settings, the model's sizes) is
+    checked before stage one runs: it is by far the slowest part. notice(line) gets each
+    note on the stage-one settings (also kept under "notes") before stage one starts."""
     images = input_images(job.images)
     run = load_run(job.run_dir, job.device)
-    config = generation_config_of(job.run_dir)
+    tell = notice or (lambda line: None)
+    stage_one = choose_stage_one(job.run_dir, job.stage_one_defaults)
+    for note in stage_one.notes:  # told before the model check, which may refuse
+        tell(note)
+    model_dir_exists(str(job.model))
+    model_notes = check_model_fits_run(job.model, stage_one, run, job.run_dir)
+    for note in model_notes:
+        tell(note)
+    notes = [*stage_one.notes, *model_notes]
     job.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="keydiff3d-predict-") as scratch:
         listing = Path(scratch) / "images.txt"
         # Absolute paths as the list entries make each sample id the image's own path.
         listing.write_text("".join(f"{p}\n" for p in images))
         cache = job.cache or Path(scratch) / "stage_one.zarr"
-        run_generate(GenerateJob(listing, job.model, cache, config, device=job.device, progress=job.progress))
+        run_generate(
+            GenerateJob(listing, job.model, cache, stage_one.config, device=job.device, progress=job.progress)
+        )
         record = _predict(run, cache, job)
     record["checkpoint"] = str(run.checkpoint)
     record["stage_one_cache"] = str(job.cache) if job.cache else None
+    record["notes"] = notes
     (job.out / "keypoints.json").write_text(json.dumps(record, indent=2))
     return record
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cache_schema import CacheReader
+from cache_schema import CacheReader, CacheStore
 from pipeline.generate import GenerateJob, run_generate
 from pipeline.main_cli import app
 from pipeline.predict_images import overlay_names
@@ -22,8 +23,14 @@ from stages.keypoints.training import FitJob, fit
 from tests.fixtures.images import write_bad_images, write_good_images
 from tests.fixtures.stage_two import TINY_STAGE_TWO
 
-FAST = GenerationConfig(orbit=OrbitConfig(num_frames=8), num_inference_steps=2, decode_chunk_size=8)
-TINY = dataclasses.replace(TINY_STAGE_TWO, num_keypoints=5, steps=2)
+# Not SV3D-p's defaults (tau 500, 4 kept views): predict must copy them from the run.
+FAST = GenerationConfig(
+    orbit=OrbitConfig(num_frames=8, kept_azimuths_deg=(0.0, 120.0, 240.0)),
+    num_inference_steps=2,
+    decode_chunk_size=8,
+    tau=300,
+)
+TINY = dataclasses.replace(TINY_STAGE_TWO, num_keypoints=5, steps=2, num_views=3)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,7 @@ def test_predict_maps_keypoints_to_original_pixels_and_skips_a_broken_image(
     assert [f["image"] for f in record["failed"]] == [str(broken.resolve())]
     assert len(record["skeleton"]) == TINY.num_keypoints - 1
     # The stage-one settings came from the run's training cache, not the defaults.
-    assert CacheReader(kept).layout.num_views == CacheReader(training_cache).layout.num_views
+    assert CacheReader(kept).layout.num_views == CacheReader(training_cache).layout.num_views == 3
     reader = CacheReader(kept)
     by_id = {str(s): i for i, s in enumerate(reader.sample_ids())}
     for item, image in zip(record["predictions"], images, strict=True):
@@ -70,6 +77,24 @@ def test_predict_maps_keypoints_to_original_pixels_and_skips_a_broken_image(
         expected = prepared_to_source(uv[0], crop.crop_box, reader.layout.image_size)
         np.testing.assert_allclose(item["keypoints_2d"], expected, atol=1e-3)
         assert (out / f"{image.stem}_keypoints.png").stat().st_size > 2000
+
+
+def test_predict_reproduces_the_runs_stage_one_after_its_training_cache_is_deleted(
+    tmp_path, tiny_model_dir, trained
+):
+    good_images, training_cache, _ = trained
+    cache = Path(shutil.copytree(training_cache, tmp_path / "train.zarr"))
+    run = tmp_path / "run"
+    fit(FitJob((cache,), run, TINY))
+    shutil.rmtree(cache)
+    kept = tmp_path / "predict.zarr"
+    image = str(good_images / "rgba.png")
+    args = [image, "--model", str(tiny_model_dir), "--run", str(run), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, ["predict", *args, "--cache", str(kept), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    generation = CacheStore.open(kept).metadata.generation
+    assert generation == CacheStore.open(training_cache).metadata.generation
+    assert generation["tau"] == 300 and generation["orbit"]["kept_azimuths_deg"] == [0.0, 120.0, 240.0]
 
 
 def test_predict_names_a_missing_image_and_a_run_without_checkpoint(tmp_path, tiny_model_dir, good_images):

@@ -16,13 +16,7 @@ import torch
 
 from cache_schema import CacheError
 from stages.devices import resolve_device
-from stages.keypoints.checkpoint import (
-    RUN_CONFIG,
-    choose_checkpoint,
-    latest_checkpoint,
-    restore_checkpoint,
-    save_checkpoint,
-)
+from stages.keypoints.checkpoint import RUN_CONFIG, latest_checkpoint, save_checkpoint
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import (
     CacheTrainingSet,
@@ -35,10 +29,9 @@ from stages.keypoints.errors import TrainingError
 from stages.keypoints.losses import StepOutputs, training_losses
 from stages.keypoints.model import KeyDiff3DModel
 from stages.keypoints.perceptual import build_perceptual_loss
+from stages.keypoints.run_dir import METRICS, StartedRun, start_run_dir
+from stages.keypoints.run_dir import RESUMABLE_FIELDS as RESUMABLE_FIELDS  # re-exported
 
-# Fields that may change between a run and its resumption: they do not change what is learned.
-RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every", "loader_workers")
-METRICS = "metrics.jsonl"
 CONFIG = RUN_CONFIG
 
 
@@ -148,7 +141,11 @@ def fit(
 
     progress(step, terms) is called after every step; on_checkpoint(step, directory, batch,
     outputs, model) after every checkpoint (for previews); notice(line) when a resumed run
-    cannot use the checkpoint latest.json names and says which one it resumes from.
+    cannot use the checkpoint latest.json names and says which one it resumes from, or when
+    a new run restarts one that stopped before its first checkpoint.
+
+    A new run that fails (or is interrupted) before its first checkpoint removes what it
+    wrote, so the same command can simply be run again (stages/keypoints/run_dir.py).
     """
     config = job.config
     run_dir = Path(job.run_dir)
@@ -156,7 +153,31 @@ def fit(
     perceptual = build_perceptual_loss(config.perceptual, job.vgg_weights).to(device)
     model, record = build_model(config, tuple(job.caches))
     optimizer = build_optimizer(model, config)
-    start = _prepare_run_dir(job, model, optimizer, record, notice or (lambda line: None))
+    resolved = {"stage_two": config.to_dict(), "data": record}
+    started = start_run_dir(
+        run_dir, job.resume, resolved, job.caches[0], model, optimizer, notice or (lambda line: None)
+    )
+    try:
+        return _train(job, started, model, optimizer, perceptual, device, progress, on_checkpoint)
+    except BaseException:
+        # Ctrl-C or an error before the first checkpoint: a fresh run's files would only make
+        # the next fit refuse the folder, so they go (a run with a checkpoint is kept).
+        started.undo_if_no_checkpoint()
+        raise
+
+
+def _train(
+    job: FitJob,
+    started: StartedRun,
+    model: KeyDiff3DModel,
+    optimizer: torch.optim.Optimizer,
+    perceptual: torch.nn.Module,
+    device: torch.device,
+    progress: Callable[[int, dict[str, float]], None] | None,
+    on_checkpoint: Callable[[int, Path, dict[str, torch.Tensor], StepOutputs, KeyDiff3DModel], None] | None,
+) -> FitSummary:
+    """The training loop from started.start_step up to job.config.steps."""
+    config, run_dir, start = job.config, started.run_dir, started.start_step
     model.to(device).train()
     _move_optimizer_state(optimizer, device)
     summary = FitSummary(start_step=start, final_step=start)
@@ -225,65 +246,6 @@ def fit(
         metrics.close()
         summary.seconds = time.perf_counter() - tic
     return summary
-
-
-def _prepare_run_dir(
-    job: FitJob,
-    model: KeyDiff3DModel,
-    optimizer: torch.optim.Optimizer,
-    record: dict[str, Any],
-    notice: Callable[[str], None],
-) -> int:
-    """Write config.json for a new run, or check it and restore the last checkpoint.
-
-    Returns the step to start from."""
-    run_dir = Path(job.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"--out {run_dir} is a file, not a run directory")
-    config_path = run_dir / CONFIG
-    resolved = {"stage_two": job.config.to_dict(), "data": record}
-    if not job.resume:
-        if config_path.exists():
-            raise TrainingError(
-                f"{run_dir} already holds a run: pass --resume to continue it, or use a new --out"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
-        (run_dir / METRICS).write_text("")
-        return 0
-    if not config_path.is_file():
-        raise TrainingError(f"--resume: {run_dir} holds no run (no {CONFIG})")
-    try:
-        saved = json.loads(config_path.read_text())
-        saved["stage_two"], saved["data"]["fingerprints"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise TrainingError(f"--resume: {config_path} is unreadable ({exc!r})") from exc
-    current = json.loads(json.dumps(job.config.to_dict()))
-    changed = [k for k, v in saved["stage_two"].items() if k not in RESUMABLE_FIELDS and current.get(k) != v]
-    if changed:
-        raise TrainingError(
-            f"--resume: {run_dir} was trained with different {changed}; only {RESUMABLE_FIELDS} may change"
-        )
-    if saved["data"]["fingerprints"] != record["fingerprints"]:
-        raise TrainingError(f"--resume: {run_dir} was trained on other caches ({saved['data']['caches']})")
-    choice = choose_checkpoint(run_dir)
-    # Restore before touching the run directory: a refused checkpoint leaves it as it was.
-    state = restore_checkpoint(choice.path, model, optimizer) if choice.path is not None else {"step": 0}
-    config_path.write_text(json.dumps({**saved, "stage_two": job.config.to_dict()}, indent=2, sort_keys=True))
-    if choice.note:
-        notice(f"--resume: {choice.note}")
-    if choice.path is None:
-        (run_dir / METRICS).write_text("")
-        return 0
-    _truncate_metrics(run_dir / METRICS, state["step"])
-    return int(state["step"])
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint being resumed: they will be logged again."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
