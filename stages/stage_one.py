@@ -88,6 +88,8 @@ def build_sample(
     the store has `ground_truth`, its joints are written (stages/datasets/preparation.py).
     """
     size = backend.image_size()
+    if source.problem is not None:
+        raise SampleFailure(f"{source.path}: {source.problem}")
     try:
         if source.annotation is None:
             loaded = load_image(source.path, config.background_threshold, config.max_image_pixels)
