@@ -219,7 +219,7 @@ def write_shard(
         report.done += 1
         report.generate_seconds += seconds
         _notify(on_sample, sample_id, "done")
-    store.write_shard(shard, rows, status, reasons)
+    store.write_shard(shard, rows, status, reasons, sample_ids)
     report.seconds = time.perf_counter() - tic
     return report
 
