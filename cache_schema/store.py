@@ -237,11 +237,14 @@ class CacheStore:
         rows: Mapping[str, np.ndarray],
         status: np.ndarray,
         reasons: Sequence[str],
+        sample_ids: Sequence[str] | None = None,
     ) -> None:
         """Write every data array of one shard, then its reasons, then its status.
 
         rows: array name -> (S_shard, ...) for every data array of the layout; rows of
-        failed samples are written as given (zeros by convention).
+        failed samples are written as given (zeros by convention). sample_ids, when
+        given, rewrites the shard's ids too: `verify --repair` removes an id chunk that
+        does not decode, and the ids come back only from the writer that knows them.
         """
         if not self.writable:
             raise CacheError(f"{self.path} was opened read-only")
@@ -252,6 +255,8 @@ class CacheStore:
         if missing:
             raise CacheError(f"write_shard({shard}) misses arrays: {sorted(missing)}")
         status = np.asarray(status, dtype=np.uint8)
+        if sample_ids is not None and len(sample_ids) != count:
+            raise CacheError(f"write_shard({shard}): {len(sample_ids)} sample ids for {count} samples")
         if status.shape != (count,) or len(reasons) != count:
             raise CacheError(
                 f"write_shard({shard}): status {status.shape} / reasons {len(reasons)} for {count} samples"
@@ -271,6 +276,8 @@ class CacheStore:
         with zarr.config.set({"codec_pipeline.batch_size": max(count, 1)}):
             for name, value in rows.items():
                 self.array(name)[start:stop] = np.asarray(value, dtype=specs[name].dtype)
+            if sample_ids is not None:
+                self.array("sample_id")[start:stop] = np.asarray(list(sample_ids), dtype=str)
             self.array("failure_reason")[start:stop] = np.asarray(list(reasons), dtype=str)
             self.array("status")[start:stop] = status
 

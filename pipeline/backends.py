@@ -234,6 +234,17 @@ class RenderBackendSpec:
         return features is not None and features.uses_gpu()
 
 
+def weights_named_by_size_only(record: dict[str, Any]) -> bool:
+    """Whether a stored model record names its weights by size only, as stores written
+    before weight hashing do (model_identity now adds each file's sha256); the features
+    model of a render store counts too."""
+    weights = record.get("weights")
+    if isinstance(weights, list) and not all(isinstance(w, dict) and "sha256" in w for w in weights):
+        return True
+    nested = record.get("features_model")
+    return isinstance(nested, dict) and weights_named_by_size_only(nested)
+
+
 def model_dir_exists(model_dir: str, option: str = "--model") -> Path:
     path = Path(model_dir)
     if not path.is_dir():

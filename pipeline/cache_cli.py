@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from cache_schema import CacheError
-from pipeline import store_report
+from pipeline import store_repair, store_report
 from pipeline.cli_errors import USAGE_ERROR, fail
 from pipeline.generate import GenerateJob, run_generate
 from pipeline.out_paths import check_out_file
@@ -300,17 +300,37 @@ def inspect(store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store.")) -
 
 
 @app.command()
-def verify(store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store.")) -> None:
+def verify(
+    store: Path = typer.Argument(..., help="A KeyDiff3D Zarr store."),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="First mark every sample of a damaged shard (a missing file of a done sample, a chunk "
+        "that does not decode) pending and remove its undecodable files, under the writer lock, "
+        "so that rerunning generate redoes them; then verify.",
+    ),
+) -> None:
     """Check that every done sample's files exist, read every chunk back and check statuses,
     features and cameras; exit 2 on a missing file or a store that does not open, 1 on
     another problem."""
     try:
+        repaired = store_repair.repair_store(store) if repair else []
         report = store_report.verify_report(store)
     except (CacheError, OSError) as exc:
         fail(str(exc))
+    for line in repaired:
+        typer.echo(f"repaired: {line}")
+    if repair:
+        typer.echo(
+            f"repair marked {len(repaired)} shards pending; rerun the same generate command to redo them"
+            if repaired
+            else "repair: no damaged shard found"
+        )
     typer.echo(f"checked {report.checked} chunks of {store}")
     for problem in report.missing + report.problems:
         typer.secho(f"problem: {problem}", fg=typer.colors.RED)
+    if report.damaged and not repair:
+        typer.echo("hint: `verify --repair` marks the damaged shards' samples pending for generate to redo")
     if report.missing:
         raise typer.Exit(USAGE_ERROR)
     if report.problems:

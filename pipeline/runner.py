@@ -10,8 +10,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cache_schema import CacheLayout, CacheStore, StoreMetadata, inputs_digest
-from pipeline.backends import BackendSpec
+from cache_schema import CacheLayout, CacheStore, SchemaMismatchError, StoreMetadata, inputs_digest
+from pipeline.backends import BackendSpec, weights_named_by_size_only
 from stages.config import GenerationConfig
 from stages.stage_one import ShardReport, write_shard
 
@@ -102,6 +102,14 @@ def open_or_create(out: Path, metadata: StoreMetadata, ids: Sequence[str], overw
     """Resume a compatible store, refuse an incompatible one, or create a new one."""
     if out.exists() and not overwrite:
         store = CacheStore.open(out, writable=True)
+        if weights_named_by_size_only(store.metadata.model):
+            # Its weights were never hashed: the same sizes may hold other values, and
+            # resuming would mix two models' outputs in one store.
+            raise SchemaMismatchError(
+                f"{out} was written by an older keydiff3d that identified the model by its weight "
+                "file sizes only, so it cannot tell whether --model holds the same weights; pass "
+                "--overwrite to regenerate it (or --out another store)"
+            )
         store.check_compatible(metadata, ids)
         store.remove_partial_files()
         return store

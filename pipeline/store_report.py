@@ -92,6 +92,9 @@ class VerifyReport:
     """Chunks that do not decode, and contents that break the schema's promises."""
     checked: int
     """Chunks read back."""
+    damaged: bool = False
+    """Whether a file is missing or does not decode, or status holds unknown codes: damage
+    that `verify --repair` marks pending (NaN features or bad cameras it leaves alone)."""
 
 
 def verify_store(path: Path) -> tuple[list[str], int]:
@@ -121,10 +124,11 @@ def verify_report(path: Path) -> VerifyReport:
         status = store.statuses()
         reasons = store.failure_reasons()
     except CacheError as exc:  # a damaged status chunk is a finding
-        return VerifyReport([], problems + [f"status/failure_reason unreadable: {exc}"], checked)
+        return VerifyReport([], problems + [f"status/failure_reason unreadable: {exc}"], checked, True)
     absent = _missing_files(store, status)
     missing = list(absent.values())
     bad_status = np.setdiff1d(np.unique(status), list(STATUS_NAMES))
+    damaged = bool(missing) or bool(bad_status.size)
     if bad_status.size:
         problems.append(f"status holds unknown codes {bad_status.tolist()}")
     for i in np.flatnonzero((status == STATUS_FAILED) & (reasons == "")):
@@ -137,13 +141,14 @@ def verify_report(path: Path) -> VerifyReport:
                 block = np.asarray(array[start:stop])
             except Exception as exc:  # noqa: BLE001 - checksum or decode errors are findings
                 problems.append(f"{name} shard {shard} (samples {start}..{stop - 1}) unreadable: {exc}")
+                damaged = True
                 continue
             checked += 1 if spec.shards or spec.chunks[0] > 1 else stop - start
             done = status[start:stop] == STATUS_DONE
             if not done.any() or spec.kind == "text" or (name, shard) in absent:
                 continue
             problems += _check_block(name, block[done], start + np.flatnonzero(done), store)
-    return VerifyReport(missing, problems, checked)
+    return VerifyReport(missing, problems, checked, damaged)
 
 
 def _missing_files(store: CacheStore, status: np.ndarray) -> dict[tuple[str, int], str]:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stages.errors import ImageLoadError
+from stages.folder_walk import missing_file_reason
 
 SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -74,7 +75,7 @@ def read_rgba(path: str | Path, max_pixels: int) -> tuple[np.ndarray, str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageLoadError(f"{path}: file not found")
+        raise ImageLoadError(f"{path}: {missing_file_reason(path)}")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file (0 bytes)")
     too_big = f"exceeds max_image_pixels = {max_pixels / 1e6:.0f} MP"
@@ -100,6 +101,20 @@ def read_rgba(path: str | Path, max_pixels: int) -> tuple[np.ndarray, str]:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
     return rgba, mode
+
+
+def image_format(path: str | Path) -> str | None:
+    """The format PIL recognises in the file's header ('PNG', 'JPEG', 'TIFF', ...), or None
+    for a file that is not an image. Only the header is read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.format or "image"
+    except Image.DecompressionBombError:
+        return "image"  # an image, too large to decode: load_image names that per sample
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
 
 
 @contextmanager

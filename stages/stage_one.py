@@ -88,6 +88,8 @@ def build_sample(
     the store has `ground_truth`, its joints are written (stages/datasets/preparation.py).
     """
     size = backend.image_size()
+    if source.problem is not None:
+        raise SampleFailure(f"{source.path}: {source.problem}")
     try:
         if source.annotation is None:
             loaded = load_image(source.path, config.background_threshold, config.max_image_pixels)
@@ -217,7 +219,7 @@ def write_shard(
         report.done += 1
         report.generate_seconds += seconds
         _notify(on_sample, sample_id, "done")
-    store.write_shard(shard, rows, status, reasons)
+    store.write_shard(shard, rows, status, reasons, sample_ids)
     report.seconds = time.perf_counter() - tic
     return report
 

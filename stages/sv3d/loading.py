@@ -1,4 +1,4 @@
-"""Loading a local SV3D-p diffusers directory, and a cheap identity for cache keys.
+"""Loading a local SV3D-p diffusers directory, and its identity for cache keys.
 
 Layout (as `SV3DPipeline.save_pretrained` writes, and as a converted official
 checkpoint must be): unet/, vae/, image_encoder/, feature_extractor/, scheduler/.
@@ -21,6 +21,7 @@ from stages.errors import ConfigError, ModelLoadError
 from stages.sv3d.hub_logging import quiet_hub_logging
 from stages.sv3d.pipeline import CLIPImageProcessor, SV3DPipeline
 from stages.sv3d.unet import SV3DUNetModel
+from stages.sv3d.weight_digests import weight_digests
 
 ATTENTION_BACKENDS = ("auto", "xformers", "sdpa")
 COMPONENT_CONFIGS = {
@@ -120,10 +121,13 @@ def load_sv3d_skeleton(model_dir: str | Path) -> SV3DPipeline:
 
 
 def model_identity(model_dir: str | Path) -> dict[str, Any]:
-    """What identifies a model directory, cheaply: no hashing of the weights.
+    """What identifies a model directory: its configs and the CONTENT of its weights.
 
     Returns {'path': resolved path, 'config_sha256': sha256 over every component's
-    config file (relative name and bytes, sorted), 'weights': [{'file', 'bytes'}]}.
+    config file (relative name and bytes, sorted), 'weights': [{'file', 'bytes',
+    'sha256'}]}. Weights of the same shapes but other values (a fine-tune) give another
+    identity. The weight digests are cached beside the model (weight_digests.py), so
+    only the first run on a model reads all of its bytes.
     """
     root = _check_layout(model_dir)
     digest = hashlib.sha256()
@@ -132,12 +136,20 @@ def model_identity(model_dir: str | Path) -> dict[str, Any]:
     for path in sorted(configs):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    weights = [
-        {"file": p.relative_to(root).as_posix(), "bytes": p.stat().st_size}
+    files = [
+        p
         for sub in _WEIGHTED
         for p in sorted((root / sub).iterdir())
         if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
     ]
+    try:
+        hashes = weight_digests(root, files)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the weights of {root}: {exc}") from exc
+    weights = []
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        weights.append({"file": name, "bytes": path.stat().st_size, "sha256": hashes[name]})
     return {"path": str(root), "config_sha256": digest.hexdigest(), "weights": weights}
 
 

@@ -21,6 +21,7 @@ from stages.sv3d.convert.configs import CLIP_MEAN, CLIP_STD, SCHEDULER_CONFIG
 from stages.sv3d.hub_logging import quiet_hub_logging
 from stages.sv3d.pipeline import CLIPImageProcessor, SV3DPipeline
 from stages.sv3d.unet import SV3DUNetModel
+from stages.sv3d.weight_digests import CACHE_NAME
 
 TINY_RESOLUTION = 64
 _CLIP_SIZE = 32
@@ -29,6 +30,7 @@ TINY_MARKER = "keydiff3d_tiny_model.json"
 """Written into every tiny model folder: only a folder holding it may be replaced by another."""
 _TINY_ENTRIES = frozenset(
     {"model_index.json", "unet", "vae", "image_encoder", "feature_extractor", "scheduler", TINY_MARKER}
+    | {CACHE_NAME}  # the weight digests that model_identity caches beside any model
 )
 
 
