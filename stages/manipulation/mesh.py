@@ -4,7 +4,7 @@ The hull is carved exactly as `reconstruct` carves it (same cube, same per-voxel
 test), but at S times a coarse grid's resolution, and each coarse voxel keeps the
 fraction of its S^3 fine voxels inside the hull. Marching cubes at level 0.5 on that
 fraction puts the surface between coarse voxel centres with sub-voxel accuracy, so a
-coarse grid (a few thousand triangles, which viewers and Blender handle without a
+coarse grid (about 4,000 triangles, which viewers and Blender handle without a
 decimation step) still follows the silhouettes; carving at the coarse grid directly
 would staircase and drop parts thinner than a coarse voxel. Vertex colours come from
 the views that see a vertex front-most, as `reconstruct` colours its Gaussians.
@@ -35,8 +35,8 @@ class MeshConfig:
     """How the visual hull becomes a mesh."""
 
     voxels: int = 64
-    """Coarse grid, voxels per side of the carving cube: sets the triangle count (about 10k
-    triangles for the synthetic humanoid at 64)."""
+    """Coarse grid, voxels per side of the carving cube: sets the triangle count (a 128-pixel
+    synthetic humanoid: 2,046 triangles at 48, 3,984 at 64, 9,362 at 96)."""
     supersample: int | None = None
     """Fine voxels per coarse voxel along each axis; None: enough to reach the carving
     resolution of `reconstruct` (1.5 voxels per image pixel)."""
