@@ -47,6 +47,8 @@ def typecheck(session: nox.Session) -> None:
         "stages/manipulation/rig.py",
         "stages/manipulation/gaussians.py",
         "stages/manipulation/ply.py",
+        "stages/manipulation/mesh.py",
+        "stages/manipulation/gltf_export.py",
     )
 
 

@@ -131,7 +131,8 @@ class _Blob:
     """Accumulates arrays into the single binary buffer, one buffer view and accessor each."""
 
     def __init__(self, gltf: gl.GLTF2) -> None:
-        self.gltf, self.parts, self.length = gltf, [], 0
+        self.gltf, self.length = gltf, 0
+        self.parts: list[bytes] = []
 
     def add(self, array: np.ndarray, kind: str, target: int | None = None, bounds: bool = False) -> int:
         components = {
