@@ -10,6 +10,8 @@ nox.options.reuse_existing_virtualenvs = True
 # The CPU wheel of this release is what the project's machines have offline; installing
 # it first keeps pip from resolving a multi-GB CUDA build for `torch`.
 TORCH = "torch==2.13.0"
+# three.js for the render_gltf session, from npm (node_modules under .three/).
+THREE = "three@0.187.0"
 
 
 def install(session: nox.Session, extras: str = "dev,synthetic") -> None:
@@ -47,7 +49,21 @@ def typecheck(session: nox.Session) -> None:
         "stages/manipulation/rig.py",
         "stages/manipulation/gaussians.py",
         "stages/manipulation/ply.py",
+        "stages/manipulation/mesh.py",
+        "stages/manipulation/gltf_export.py",
     )
+
+
+@nox.session
+def render_gltf(session: nox.Session) -> None:
+    """`keydiff3d manipulate export` as a web viewer shows it: three.js's GLTFLoader in headless
+    Chromium renders a synthetic humanoid's .glb at its keyframes (PNGs in bench-results/render_gltf/).
+    Needs npm and Chromium (Debian: apt install chromium). Arguments go to docs/render_gltf.py."""
+    install(session)
+    npm = ["npm", "install", "--prefix", ".three", "--no-save", "--no-audit", "--no-fund", THREE]
+    session.run(*npm, external=True)
+    args = session.posargs or ["--synthetic"]
+    session.run("python", "docs/render_gltf.py", *args, env={"HF_HUB_OFFLINE": "1"})
 
 
 @nox.session

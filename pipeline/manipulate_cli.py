@@ -25,10 +25,12 @@ from stages.manipulation.check import (
     pair_keypoints,
     score_pair,
 )
-from stages.manipulation.errors import ManipulationError
+from stages.manipulation.errors import ManipulationError, RigFileError
 from stages.manipulation.gaussians import Gaussians
+from stages.manipulation.gltf_export import ExportConfig, build_gltf, write_glb
 from stages.manipulation.keypoints import learned_adjacency, predict_sample_keypoints
 from stages.manipulation.kinematics import forward_kinematics, pose_gaussians
+from stages.manipulation.mesh import MeshConfig, hull_mesh
 from stages.manipulation.ply import read_gaussians_ply, write_gaussians_ply
 from stages.manipulation.pose_file import load_pose, solve_pose
 from stages.manipulation.reconstruct import CarvingConfig, reconstruct_visual_hull
@@ -209,6 +211,48 @@ def pose_command(
             for i in tqdm(range(turns), desc="turntable", unit="frame", leave=False)
         ]
         typer.echo(f"  turntable (before | after): {save_gif(frames, renders / 'turntable.gif')}")
+
+
+@app.command("export")
+def export_command(
+    rig_path: Path = typer.Argument(..., metavar="RIG", help="Rig JSON from `rig`."),
+    cache: Path = typer.Argument(..., help="The cache the rig's sample is in."),
+    sample: str = typer.Option(..., "--sample", help="Sample index or id (the rig's)."),
+    out: Path = typer.Option(..., "--out", help="glTF binary (.glb) to write."),
+    poses: list[Path] | None = typer.Option(
+        None, "--pose", help="Pose JSON; repeat for more keyframes (an animation that plays)."
+    ),
+    voxels: int = typer.Option(64, help="Mesh grid, voxels per side: sets the triangle count."),
+    seconds_per_pose: float = typer.Option(1.0, help="Time between keyframes, seconds."),
+    from_rest: bool = typer.Option(True, help="Start the animation at the rest pose."),
+) -> None:
+    """Rigged glTF (.glb) for Blender / three.js: visual-hull mesh, skin from the rig, poses as keyframes."""
+    try:
+        if out.suffix.lower() != ".glb":
+            raise ValueError(f"--out {out}: must end in .glb (one binary glTF file)")
+        export = ExportConfig(seconds_per_pose=seconds_per_pose, from_rest=from_rest)
+        mesh_config = MeshConfig(voxels=voxels)
+        rig = Rig.load(rig_path)
+        views = read_object_views(cache, sample)
+        made_for = rig.notes.get("sample")
+        if made_for is not None and int(made_for) != views.index:
+            raise RigFileError(
+                f"{rig_path}: made for sample {made_for}, not sample {views.index} ({views.sample_id})"
+            )
+        skeleton_poses = [
+            solve_pose(rig, load_pose(path, rig)) for path in tqdm(poses or [], desc="poses", leave=False)
+        ]
+        mesh = hull_mesh(views, mesh_config, progress=typer.echo)
+        gltf = build_gltf(mesh, rig, skinning_weights(mesh.vertices, rig), skeleton_poses, export)
+    except (StageError, CacheError, ValueError) as exc:
+        fail(str(exc))
+    write_glb(out, gltf)
+    keyframes = len(skeleton_poses) + int(from_rest)
+    animation = f", an animation of {keyframes} keyframes" if skeleton_poses else ", no animation"
+    typer.echo(
+        f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} triangles, "
+        f"{len(rig.joints)} joints{animation} (+Y up: the cache's +Z turned by one root node)"
+    )
 
 
 @app.command("check")

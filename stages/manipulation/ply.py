@@ -1,10 +1,17 @@
 """Read and write 3D Gaussians in the PLY layout of 3D Gaussian Splatting (Kerbl et al. 2023).
 
 One `vertex` element, float32 properties in this order: x y z nx ny nz f_dc_0..2
-f_rest_* opacity scale_0..2 rot_0..3, binary little endian. Opacity is stored as its
+f_rest_0..44 opacity scale_0..2 rot_0..3, binary little endian. Opacity is stored as its
 logit and scales as their log, as the reference code and common viewers expect; rot_*
 is a (w, x, y, z) quaternion, normalised on reading (3DGS normalises at render time).
 Gaussian Frosting and other 3DGS-derived tools export the same layout.
+
+The reference loader (graphdeco-inria gaussian-splatting, `GaussianModel.load_ply`)
+asserts exactly 3 * (3 + 1)**2 - 3 = 45 f_rest_* properties (SH degree 3), so they are
+always written: zeros when the Gaussians have no higher-order SH, and SH of degree 1 or 2
+padded with zeros per colour channel (f_rest is channel-major: 15 coefficients of red,
+then green, then blue). Reading accepts files without them, and all-zero f_rest_* reads
+as no higher-order SH, so a round trip of view-independent Gaussians stays one.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ REQUIRED = (
     "rot_2",
     "rot_3",
 )
+REST_COEFFICIENTS = 15
+"""Higher-order SH coefficients per colour channel at degree 3 ((3 + 1)**2 - 1)."""
 # Keeps opacities of exactly 0 or 1 finite in logit space.
 _OPACITY_EPS = 1e-7
 
@@ -52,8 +61,8 @@ def write_gaussians_ply(path: str | Path, gaussians: Gaussians) -> Path:
         ("nz", normals[:, 2]),
         *((f"f_dc_{i}", gaussians.sh_dc[:, i]) for i in range(3)),
     ]
-    if gaussians.sh_rest is not None:
-        columns += [(f"f_rest_{i}", gaussians.sh_rest[:, i]) for i in range(gaussians.sh_rest.shape[1])]
+    rest = degree_three_rest(gaussians.sh_rest, gaussians.num_points)
+    columns += [(f"f_rest_{i}", rest[:, i]) for i in range(rest.shape[1])]
     columns += [("opacity", np.log(opacity) - np.log1p(-opacity))]
     columns += [(f"scale_{i}", np.log(gaussians.scales[:, i])) for i in range(3)]
     columns += [(f"rot_{i}", gaussians.rotations[:, i]) for i in range(4)]
@@ -63,6 +72,21 @@ def write_gaussians_ply(path: str | Path, gaussians: Gaussians) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     PlyData([PlyElement.describe(table, "vertex")], text=False, byte_order="<").write(str(path))
     return path
+
+
+def degree_three_rest(sh_rest: np.ndarray | None, count: int) -> np.ndarray:
+    """f_rest columns (P, 45) for higher-order SH (P, 3 * K) of degree 1-3 (K = 3, 8, 15) or None.
+
+    Other widths (degree 4 and up, or not an SH layout) are returned unchanged: padding
+    cannot make them degree 3, and truncating would lose data a round trip must keep."""
+    if sh_rest is None:
+        return np.zeros((count, 3 * REST_COEFFICIENTS))
+    per_channel = sh_rest.shape[1] // 3
+    if sh_rest.shape[1] % 3 or per_channel not in (3, 8, REST_COEFFICIENTS):
+        return sh_rest
+    padded = np.zeros((count, 3, REST_COEFFICIENTS))
+    padded[:, :, :per_channel] = sh_rest.reshape(count, 3, per_channel)
+    return padded.reshape(count, 3 * REST_COEFFICIENTS)
 
 
 def read_gaussians_ply(path: str | Path) -> Gaussians:
@@ -97,6 +121,7 @@ def read_gaussians_ply(path: str | Path) -> Gaussians:
     if np.any(norms == 0) or not np.all(np.isfinite(rotations)):
         raise PlyFormatError(f"{path}: rot_0..3 holds zero or non-finite quaternions")
     has_normals = {"nx", "ny", "nz"} <= have
+    higher = stack(rest)  # (P, 0) without f_rest_*; all zeros is what we write for "none"
     return Gaussians(
         means=stack(["x", "y", "z"]),
         sh_dc=stack(["f_dc_0", "f_dc_1", "f_dc_2"]),
@@ -104,5 +129,5 @@ def read_gaussians_ply(path: str | Path) -> Gaussians:
         scales=np.exp(stack(["scale_0", "scale_1", "scale_2"])),
         rotations=rotations / norms,
         normals=stack(["nx", "ny", "nz"]) if has_normals else None,
-        sh_rest=stack(rest) if rest else None,
+        sh_rest=higher if np.any(higher) else None,
     )

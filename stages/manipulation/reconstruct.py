@@ -166,19 +166,17 @@ def colour_points(
     return np.clip(colours, 0.0, 1.0)
 
 
-def reconstruct_visual_hull(
-    views: ObjectViews,
-    config: CarvingConfig = CarvingConfig(),
-    progress: Callable[[str], None] | None = None,
-) -> Reconstruction:
-    """Gaussians on the visual hull's surface of one sample, in the cache's world frame."""
-    size = views.masks.shape[-1]
-    half = config.half_extent or framed_half_extent(views.intrinsics, views.world_to_camera, size)
-    m = config.grid or auto_grid(half, views.intrinsics, views.world_to_camera)
-    voxel = 2.0 * half / m
-    axis = -half + voxel * (np.arange(m) + 0.5)
-    if progress:
-        progress(f"carving {m}^3 voxels against {len(views.masks)} masks")
+def voxel_axis(half_extent: float, m: int) -> np.ndarray:
+    """Centres (M,) of M voxels spanning [-half_extent, half_extent] along one axis."""
+    voxel = 2.0 * half_extent / m
+    return -half_extent + voxel * (np.arange(m) + 0.5)
+
+
+def carve_grid(views: ObjectViews, axis: np.ndarray) -> np.ndarray:
+    """Visual-hull occupancy (M, M, M) bool, [i, j, k] the voxel at (axis[i], axis[j], axis[k]).
+
+    Raises ManipulationError naming the sample when no voxel survives."""
+    m = len(axis)
     occupancy = np.zeros((m, m, m), dtype=bool)
     slab = np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
     for i, x in enumerate(axis):  # one x-slab at a time keeps memory at M^2 points
@@ -189,6 +187,23 @@ def reconstruct_visual_hull(
         raise ManipulationError(
             f"sample {views.sample_id}: the visual hull is empty (do the masks of all views show the object?)"
         )
+    return occupancy
+
+
+def reconstruct_visual_hull(
+    views: ObjectViews,
+    config: CarvingConfig = CarvingConfig(),
+    progress: Callable[[str], None] | None = None,
+) -> Reconstruction:
+    """Gaussians on the visual hull's surface of one sample, in the cache's world frame."""
+    size = views.masks.shape[-1]
+    half = config.half_extent or framed_half_extent(views.intrinsics, views.world_to_camera, size)
+    m = config.grid or auto_grid(half, views.intrinsics, views.world_to_camera)
+    voxel = 2.0 * half / m
+    axis = voxel_axis(half, m)
+    if progress:
+        progress(f"carving {m}^3 voxels against {len(views.masks)} masks")
+    occupancy = carve_grid(views, axis)
     indices = np.argwhere(surface_voxels(occupancy))
     points = axis[indices]
     normals = occupancy_normals(occupancy, indices)
