@@ -34,8 +34,11 @@ def holder_path(store: Path) -> Path:
 
 
 @contextmanager
-def hold_store_lock(store: Path) -> Iterator[None]:
-    """Hold the writer lock of `store` for the body, or raise StoreInUseError at once."""
+def hold_store_lock(store: Path, what: str = "store") -> Iterator[None]:
+    """Hold the writer lock of `store` for the body, or raise StoreInUseError at once.
+
+    `what` names the thing in the error: "store" for a cache, "run" for a training run
+    directory (`fit` holds the same kind of lock beside its --out)."""
     store = Path(store)
     lock_file, info = lock_path(store), holder_path(store)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +46,7 @@ def hold_store_lock(store: Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)  # one attempt: a second writer is refused, not queued
     except Timeout:
-        raise StoreInUseError(f"{store}: store is in use by {_holder(info)} (lock {lock_file})") from None
+        raise StoreInUseError(f"{store}: {what} is in use by {_holder(info)} (lock {lock_file})") from None
     try:
         info.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
         yield

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from cache_schema import CacheError, CacheReader
 from pipeline.cli_errors import fail
 from pipeline.out_paths import check_out_file, check_out_folder
+from pipeline.store_lock import hold_store_lock, lock_path
 from pipeline.train_report import preview_writer, write_loss_curve
 from stages.devices import resolve_device
 from stages.errors import StageError
@@ -117,10 +118,22 @@ def fit_command(
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
             bar.refresh()
 
-        summary = fit(job, on_step, preview_writer(out), notice=tqdm.write)
+        # One fit per run directory: a second one would restart or resume a run that is
+        # still training. The lock lies beside --out (as a store's does).
+        made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+        with hold_store_lock(out, what="run"):
+            try:
+                summary = fit(job, on_step, preview_writer(out), notice=tqdm.write)
+            finally:
+                if not out.exists():  # a failed fresh fit removed its run: leave no lock behind
+                    lock_path(out).unlink(missing_ok=True)
         bar.close()
     except (StageError, CacheError, ValueError, OSError) as exc:
+        _remove_empty(made)
         fail(str(exc))
+    except BaseException:
+        _remove_empty(made)
+        raise
     curve = write_loss_curve(out / METRICS, out / "loss_curve.png")
     ran = summary.final_step - summary.start_step
     typer.echo(
@@ -218,3 +231,12 @@ def eval_command(
         str(path) for path in sorted(out.iterdir()) if path.suffix in (".json", ".md", ".png")
     )
     typer.echo(f"wrote {written}")
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """The parent folders a failed fit created for its lock, deepest first, while empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

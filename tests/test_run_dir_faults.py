@@ -199,3 +199,14 @@ def test_predict_refuses_an_old_run_whose_cache_is_gone(cache, tiny_model_dir, t
     _refused(result, "64 px", "32 px")
     assert "stage-one settings unknown; using the SV3D-p defaults" in result.output
     assert not kept.exists()
+
+
+def test_a_second_fit_on_a_run_in_use_is_refused_and_touches_nothing(cache, tmp_path):
+    from pipeline.store_lock import hold_store_lock
+
+    run = tmp_path / "run"
+    with hold_store_lock(run, what="run"):  # another fit of this run is training
+        _refused(_fit(cache, run), str(run), "run is in use by PID")
+        assert not run.exists()
+    result = _fit(cache, run)  # released: the run trains
+    assert result.exit_code == 0, result.output
