@@ -35,6 +35,7 @@ from stages.keypoints.errors import TrainingError
 from stages.keypoints.losses import StepOutputs, training_losses
 from stages.keypoints.model import KeyDiff3DModel
 from stages.keypoints.perceptual import build_perceptual_loss
+from stages.threads import choose_threads, torch_threads
 
 # Fields that may change between a run and its resumption: they do not change what is learned.
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every", "loader_workers")
@@ -55,6 +56,9 @@ class FitJob:
     """Continue from the run directory's last checkpoint up to config.steps."""
     vgg_weights: Path | None = None
     """VGG16 ImageNet checkpoint; None looks in the torch hub cache."""
+    threads: int | None = None
+    """Torch intra-op threads while training; None: the cores left after the loader workers
+    (`stages.threads.choose_threads`). Not part of the run: the losses do not depend on it."""
 
 
 @dataclass
@@ -150,6 +154,16 @@ def fit(
     outputs, model) after every checkpoint (for previews); notice(line) when a resumed run
     cannot use the checkpoint latest.json names and says which one it resumes from.
     """
+    with torch_threads(choose_threads(job.threads, job.config.loader_workers)):
+        return _fit(job, progress, on_checkpoint, notice)
+
+
+def _fit(
+    job: FitJob,
+    progress: Callable[[int, dict[str, float]], None] | None,
+    on_checkpoint: Callable[[int, Path, dict[str, torch.Tensor], StepOutputs, KeyDiff3DModel], None] | None,
+    notice: Callable[[str], None] | None,
+) -> FitSummary:
     config = job.config
     run_dir = Path(job.run_dir)
     device = torch.device(resolve_device(job.device))
