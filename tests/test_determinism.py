@@ -68,20 +68,25 @@ def _weights(run: Path) -> bytes:
     ).read_bytes()
 
 
-def test_two_thread_fits_give_the_same_bits_as_each_other_and_as_one_thread(cache, tmp_path):
-    # The two 2-thread runs go one after the other: side by side on 2 cores they would
-    # oversubscribe them and only take longer.
+def test_two_thread_fits_give_the_same_bits_and_one_thread_agrees_to_rounding(cache, tmp_path):
+    # The runs go one after the other: side by side on 2 cores they would oversubscribe them.
     runs = {name: tmp_path / name for name in ("two_a", "two_b", "one")}
     for name, threads in (("two_a", 2), ("two_b", 2), ("one", 1)):
         process = _start_fit(cache, runs[name], threads)
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output
-    reference = _losses(runs["one"])
-    assert [r["step"] for r in reference] == list(range(1, 13))
-    assert _losses(runs["two_a"]) == reference
-    assert _losses(runs["two_b"]) == reference
-    # The losses are floats rounded to what JSON keeps; the weights are the bits themselves.
-    assert _weights(runs["two_a"]) == _weights(runs["two_b"]) == _weights(runs["one"])
+    two = _losses(runs["two_a"])
+    assert [r["step"] for r in two] == list(range(1, 13))
+    assert _losses(runs["two_b"]) == two
+    # The losses are floats as JSON keeps them; the weights are the bits themselves.
+    assert _weights(runs["two_a"]) == _weights(runs["two_b"])
+    # Another thread count splits some reductions elsewhere: the first step is identical,
+    # later ones agree to rounding only (README, "Reproducibility").
+    one = _losses(runs["one"])
+    assert one[0] == two[0]
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        assert all(a[k] == pytest.approx(b[k], rel=1e-3) for k in a)
 
 
 def test_default_threads_leave_a_core_to_each_loader_worker():
