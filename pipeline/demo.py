@@ -32,6 +32,7 @@ from stages.keypoints.config import StageTwoConfig, preset
 from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import METRICS, FitJob, FitSummary, fit
 from stages.synthetic.world import SyntheticWorldConfig
+from stages.threads import check_threads
 
 CALIBRATION_STEPS = 20
 """Steps run before the budget fixes the total: enough to time a step after the first."""
@@ -60,8 +61,11 @@ class DemoConfig:
     stage_two: dict[str, Any] = field(default_factory=dict)
     """Overrides of the cpu preset's fields (tests shrink the model with this)."""
     device: str = "cpu"
+    threads: int | None = None
+    """Torch CPU threads for training and evaluation (None: `stages.threads.choose_threads`)."""
 
     def __post_init__(self) -> None:
+        check_threads(self.threads)
         if not (math.isfinite(self.minutes) and self.minutes > 0):
             raise ValueError(f"--minutes must be a finite number > 0, got {self.minutes}")
         if self.seed < 0:
@@ -131,6 +135,7 @@ def run_demo(
         EvalConfig(seed=config.seed),
         config.device,
         eval_progress,
+        threads=config.threads,
     )
     seen = run_eval(
         run_dir,
@@ -139,6 +144,7 @@ def run_demo(
         out / "eval-seen",
         EvalConfig(seed=config.seed),
         config.device,
+        threads=config.threads,
     )
     curve = write_loss_curve(run_dir / METRICS, run_dir / "loss_curve.png")
     views = _held_out_views(run_dir, caches["test"], out / "keypoints_on_views.png")
@@ -213,7 +219,7 @@ def _train(
 
         job = FitJob(
             caches, run_dir, dataclasses.replace(stage_two, steps=steps), config.device,
-            (run_dir / "config.json").is_file(),
+            (run_dir / "config.json").is_file(), threads=config.threads,
         )  # fmt: skip
         return fit(job, on_step, preview_writer(run_dir))
 

@@ -30,6 +30,7 @@ from stages.evaluation.evaluate import (
 )
 from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, load_run
 from stages.keypoints.predict import predict_cache
+from stages.threads import choose_threads, torch_threads
 
 
 def evaluation_space(cache: Path, space: str) -> str:
@@ -86,6 +87,7 @@ def run_eval(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     space: str = "auto",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, table.md and PNGs into `out`; return the record.
 
@@ -94,14 +96,19 @@ def run_eval(
 
     space: '3d' (MPJPE family), '2d' (input-view error normalised by the image size), or
     'auto' (3d where the test cache has 3D ground truth).
+
+    threads: torch intra-op threads while predicting (None: `choose_threads`' default; the
+    MLP regressor keeps its own single thread, see MLPRegressor).
     """
+    threads = choose_threads(threads)
     config = config or EvalConfig()
     run = load_run(run_dir, device)
     space = evaluation_space(test_cache, space)
     evaluation_space(train_cache, space)
     run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())["stage_two"]
-    train, train_truth, names = predict_with_truth(run, train_cache, device, progress, space)
-    test, test_truth, test_names = predict_with_truth(run, test_cache, device, progress, space)
+    with torch_threads(threads):
+        train, train_truth, names = predict_with_truth(run, train_cache, device, progress, space)
+        test, test_truth, test_names = predict_with_truth(run, test_cache, device, progress, space)
     if names != test_names:
         raise CacheError(f"{train_cache} and {test_cache} have different joints: {names} vs {test_names}")
     record: dict[str, Any] = {

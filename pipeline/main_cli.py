@@ -32,13 +32,19 @@ def demo_command(
     test_samples: int | None = typer.Option(None, help="Override the budget's held-out cache size."),
     steps: int | None = typer.Option(None, help="Override the budget's training steps."),
     seed: int = typer.Option(0, help="Seed of the rendered poses, training and regressors."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="Torch CPU threads for training and evaluation (default: the cores this process may use, "
+        "less the data-loader worker). Results do not depend on it.",
+    ),
 ) -> None:
     """Render the synthetic world, train without labels, evaluate on held-out clips, write a report."""
     from pipeline.demo import DemoConfig, against_mean_shape, run_demo
 
     try:
         check_out_folder(out)
-        config = DemoConfig(out, minutes, category, train_samples, test_samples, steps, seed)
+        config = DemoConfig(out, minutes, category, train_samples, test_samples, steps, seed, threads=threads)
         bars: dict[str, tqdm] = {}
 
         def on_step(step: int, total: int, terms: dict[str, float]) -> None:

@@ -20,6 +20,7 @@ from stages.keypoints.checkpoint import latest_checkpoint, load_run
 from stages.keypoints.config import preset
 from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import METRICS, FitJob, fit
+from stages.threads import check_threads
 
 app = typer.Typer(
     help="Stage two of KeyDiff3D: learn 3D keypoints from cached views by reconstruction.",
@@ -80,12 +81,19 @@ def fit_command(
     log_every: int | None = typer.Option(None, help="Steps between metrics.jsonl lines."),
     workers: int | None = typer.Option(None, help="Data loader worker processes."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="Torch CPU threads (default: the cores this process may use, less the loader workers). "
+        "Losses do not depend on it.",
+    ),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the keypoint model on cached views (and features); resumable."""
     try:
         check_out_folder(out)
+        check_threads(threads)  # before the progress bar is drawn
         config = preset(
             preset_name,
             steps=steps,
@@ -110,7 +118,7 @@ def fit_command(
             log_every=log_every,
             loader_workers=workers,
         )
-        job = FitJob(tuple(caches), out, config, device, resume, vgg_weights)
+        job = FitJob(tuple(caches), out, config, device, resume, vgg_weights, threads)
         bar = tqdm(total=config.steps, desc="training", unit="step", disable=not progress)
 
         def on_step(step: int, terms: dict[str, float]) -> None:
@@ -205,6 +213,9 @@ def eval_command(
         "auto", help="3d (MPJPE family) | 2d (input-view error / image size, birds and dogs) | auto"
     ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Torch CPU threads for predicting (default: the cores this process may use)."
+    ),
 ) -> None:
     """Map discovered keypoints to ground-truth joints and report MPJPE, N-MPJPE, P-MPJPE and
     flip-aware P-MPJPE (mm), per joint too, and how consistently each keypoint stays on one joint."""
@@ -213,13 +224,15 @@ def eval_command(
 
     try:
         check_out_folder(out)
+        check_threads(threads)  # before the progress bar is drawn
         config = EvalConfig(
             tuple(r.strip() for r in regressor.split(",") if r.strip()), ridge, seed, root_joint
         )
         with tqdm(desc="predicting", unit="sample") as bar:
             record = run_eval(
-                run_dir, train_cache, test_cache, out, config, resolve_device(device), bar.update, space
-            )
+                run_dir, train_cache, test_cache, out, config, resolve_device(device), bar.update, space,
+                threads,
+            )  # fmt: skip
     except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))
     typer.echo(f"train {record['train_samples']} samples, test {record['test_samples']} samples")

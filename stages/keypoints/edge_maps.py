@@ -236,8 +236,22 @@ def _winner_values(
     u_grid = u_centres.repeat(height)
     v_grid = v_centres.repeat_interleave(width)
     distance_sq = _point_segment_distance_sq(u_grid, v_grid, ends[0], ends[1], min_length_sq)
-    value = pair_weights[flat_pair] * torch.exp(-distance_sq / (2.0 * sigma**2))
+    value = _winner_weights(pair_weights, flat_pair) * torch.exp(-distance_sq / (2.0 * sigma**2))
     return value.reshape(batch, views, height, width)
+
+
+def _winner_weights(pair_weights: Tensor, flat_pair: Tensor) -> Tensor:
+    """pair_weights[flat_pair], with a backward that sums in the same order on every run.
+
+    The backward of `pair_weights[flat_pair]` on the CPU is index_put_(accumulate=True), which
+    splits the pixels over the intra-op threads and adds them with atomics: with 2 threads the
+    edge logits' gradient changed in its last bits from run to run and training diverged from
+    step ~10 (issue 13, item 14). gather's backward on a 1-D tensor is a serial scatter_add, in
+    pixel order whatever the thread count (and faster: 1 ms against 24 ms at the cpu preset).
+    On CUDA it is the other way round: gather's backward uses atomics, indexing's sorts."""
+    if pair_weights.device.type != "cpu":
+        return pair_weights[flat_pair]
+    return pair_weights.gather(0, flat_pair.reshape(-1)).view(flat_pair.shape)
 
 
 def edge_maps_reference(

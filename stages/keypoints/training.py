@@ -31,6 +31,7 @@ from stages.keypoints.model import KeyDiff3DModel
 from stages.keypoints.perceptual import build_perceptual_loss
 from stages.keypoints.run_dir import METRICS, StartedRun, start_run_dir
 from stages.keypoints.run_dir import RESUMABLE_FIELDS as RESUMABLE_FIELDS  # re-exported
+from stages.threads import choose_threads, torch_threads
 
 CONFIG = RUN_CONFIG
 
@@ -48,6 +49,10 @@ class FitJob:
     """Continue from the run directory's last checkpoint up to config.steps."""
     vgg_weights: Path | None = None
     """VGG16 ImageNet checkpoint; None looks in the torch hub cache."""
+    threads: int | None = None
+    """Torch intra-op threads while training; None: the cores left after the loader workers
+    (`stages.threads.choose_threads`). Runs at one thread count repeat bit for bit; another
+    count splits some CPU reductions differently (losses agree to about 7 digits)."""
 
 
 @dataclass
@@ -147,6 +152,16 @@ def fit(
     A new run that fails (or is interrupted) before its first checkpoint removes what it
     wrote, so the same command can simply be run again (stages/keypoints/run_dir.py).
     """
+    with torch_threads(choose_threads(job.threads, job.config.loader_workers)):
+        return _fit(job, progress, on_checkpoint, notice)
+
+
+def _fit(
+    job: FitJob,
+    progress: Callable[[int, dict[str, float]], None] | None,
+    on_checkpoint: Callable[[int, Path, dict[str, torch.Tensor], StepOutputs, KeyDiff3DModel], None] | None,
+    notice: Callable[[str], None] | None,
+) -> FitSummary:
     config = job.config
     run_dir = Path(job.run_dir)
     device = torch.device(resolve_device(job.device))
