@@ -14,20 +14,13 @@ from pipeline.cache_cli import app
 from stages.errors import ConfigError
 from stages.sources import list_image_sources
 from tests.fixtures.images import figure_rgba, on_white
+from tests.test_store_faults import one_error_line
 
 FAST = ["--frames", "8", "--steps", "4", "--decode-chunk-size", "8", "--no-progress"]
 
 
 def generate(images: Path, model: Path, out: Path):
     return CliRunner().invoke(app, ["generate", str(images), "--model", str(model), "--out", str(out), *FAST])
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from stages.errors import ConfigError
 from stages.evaluation.errors import RegressorError
 from stages.evaluation.shapes import require_finite, require_shape
+from stages.threads import torch_threads
 
 Progress = Callable[[int, int], None]
 """Called with (epochs done, epochs in all) after every epoch."""
@@ -194,16 +195,12 @@ def _build_mlp(
 
 @contextmanager
 def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run the block with `num_threads` intra-op threads, then restore the previous count."""
+    """`stages.threads.torch_threads`, or the caller's count unchanged when None."""
     if num_threads is None:
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _standardiser(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
