@@ -67,8 +67,10 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def render_gltf(session: nox.Session) -> None:
     """`keydiff3d manipulate export` as a web viewer shows it: three.js's GLTFLoader in headless
-    Chromium renders a synthetic humanoid's .glb at its keyframes (PNGs in bench-results/render_gltf/).
-    Needs npm and Chromium (Debian: apt install chromium). Arguments go to docs/render_gltf.py."""
+    Chromium renders a synthetic humanoid's .glb at its keyframes from a cache camera, and its
+    silhouette must match the project's render of the posed mesh (IoU >= 0.9; iou.json and PNGs in
+    bench-results/render_gltf/). Needs npm and Chromium (Debian: apt install chromium). Arguments
+    go to docs/render_gltf.py (e.g. --rig demo/rig.json --cache demo/test.zarr --sample 18 --pose ...)."""
     install(session)
     npm = ["npm", "install", "--prefix", ".three", "--no-save", "--no-audit", "--no-fund", THREE]
     session.run(*npm, external=True)

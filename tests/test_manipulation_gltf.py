@@ -21,6 +21,7 @@ from typer.testing import CliRunner  # noqa: E402
 from cache_schema import CacheReader  # noqa: E402
 from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.manipulate_cli import app  # noqa: E402
+from stages.cameras import orbit_cameras, project_points  # noqa: E402
 from stages.config import GenerationConfig  # noqa: E402
 from stages.manipulation.gaussians import Gaussians  # noqa: E402
 from stages.manipulation.gltf_export import (  # noqa: E402
@@ -29,11 +30,13 @@ from stages.manipulation.gltf_export import (  # noqa: E402
     joint_pivots,
     joint_weights,
     node_rotations,
+    opengl_camera,
     rest_translations,
 )
 from stages.manipulation.kinematics import SkeletonPose, forward_kinematics  # noqa: E402
 from stages.manipulation.mesh import extract_surface, signed_volume, vertex_normals  # noqa: E402
 from stages.manipulation.ply import read_gaussians_ply, write_gaussians_ply  # noqa: E402
+from stages.manipulation.render import triangle_mask  # noqa: E402
 from stages.manipulation.rig import RigConfig, build_rig  # noqa: E402
 from stages.rotations import axis_angle_to_matrix, quaternion_to_matrix  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
@@ -257,3 +260,36 @@ def test_the_gltf_root_node_matches_forward_kinematics_on_a_branching_rig():
         skin[:3, 3] -= skin[:3, :3] @ joint_pivots(rig)[b + 1]  # @ inverse bind = translate(-pivot)
         np.testing.assert_allclose(skin[:3, :3], transforms.rotations[b], atol=1e-12)
         np.testing.assert_allclose(skin[:3, 3], transforms.translations[b], atol=1e-12)
+
+
+def test_the_opengl_camera_puts_points_of_the_gltf_frame_on_the_cache_cameras_pixels():
+    elevations, azimuths = np.array([20.0, -5.0]), np.array([30.0, 200.0])
+    intrinsics, world_to_camera = orbit_cameras(elevations, azimuths, 2.5, 40.0, 64)
+    k = intrinsics[0].copy()
+    k[0, 2] += 3.0  # an off-centre principal point and a skew must carry over too
+    k[1, 2] -= 2.0
+    k[0, 1] = 0.7
+    points = np.random.default_rng(0).uniform(-0.5, 0.5, (20, 3))
+    for w in (world_to_camera[0], world_to_camera[1]):
+        uv, depth = project_points(points, k[None], w[None])
+        camera_to_world, projection = opengl_camera(k, w, 64, 0.1, 10.0)
+        gltf_points = np.c_[points @ Z_UP_TO_Y_UP.T, np.ones(len(points))]  # the root node's turn
+        clip = (projection @ np.linalg.inv(camera_to_world) @ gltf_points.T).T
+        ndc = clip[:, :3] / clip[:, 3:]
+        pixels = np.c_[(ndc[:, 0] + 1) * 32, (1 - ndc[:, 1]) * 32]  # OpenGL y is up, rows go down
+        np.testing.assert_allclose(pixels, uv[0], atol=1e-9)
+        assert np.all(clip[:, 3] > 0) and np.all(np.abs(ndc[:, 2]) < 1)
+        np.testing.assert_allclose(clip[:, 3], depth[0], atol=1e-9)
+
+
+def test_triangle_mask_covers_the_pixel_centres_inside_either_winding():
+    k = np.array([[10.0, 0.0, 5.0], [0.0, 10.0, 5.0], [0.0, 0.0, 1.0]])
+    w = np.eye(4)  # camera at the origin looking along +z: (x, y, 1) lands on pixel 10 x + 5
+    square = np.array([[-0.3, -0.2, 1.0], [0.2, -0.2, 1.0], [0.2, 0.3, 1.0], [-0.3, 0.3, 1.0]])
+    faces = np.array([[0, 1, 2], [0, 3, 2]])  # the second one clockwise
+    mask = triangle_mask(square, faces, k, w, 10)
+    expected = np.zeros((10, 10), dtype=bool)
+    expected[3:8, 2:7] = True  # pixel centres 2.5 .. 6.5 lie in [2, 7], 3.5 .. 7.5 in [3, 8]
+    np.testing.assert_array_equal(mask, expected)
+    behind = square * np.array([1.0, 1.0, -1.0])
+    assert not triangle_mask(behind, faces, k, w, 10).any()

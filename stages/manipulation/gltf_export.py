@@ -259,6 +259,30 @@ def _add_animation(
     gltf.animations = [gl.Animation(name="poses", samplers=samplers, channels=channels)]
 
 
+def opengl_camera(
+    intrinsics: np.ndarray, world_to_camera: np.ndarray, size: int, near: float, far: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A cache camera (OpenCV: x right, y down, looking along +z, in the cache's +Z-up frame)
+    with intrinsics (3, 3) for a square image of `size` pixels, as an OpenGL / three.js camera
+    looking at the exported file: its camera-to-world matrix (4, 4) in the glTF frame (+Y up,
+    after the root node's turn) and its projection matrix (4, 4), principal point included, so a
+    point lands on the same pixel (pixel (0, 0) spans [0, 1)^2, as in `project_points`)."""
+    k = check_shape("intrinsics", intrinsics, (3, 3))
+    w = check_shape("world_to_camera", world_to_camera, (4, 4))
+    if not 0 < near < far:
+        raise ValueError(f"need 0 < near < far, got {near}, {far}")
+    flip = np.diag([1.0, -1.0, -1.0])  # OpenCV camera axes -> OpenGL's (y up, looking along -z)
+    view = np.eye(4)
+    view[:3, :3] = flip @ w[:3, :3] @ Z_UP_TO_Y_UP.T
+    view[:3, 3] = flip @ w[:3, 3]
+    projection = np.zeros((4, 4))
+    projection[0, :3] = 2 * k[0, 0] / size, -2 * k[0, 1] / size, 1 - 2 * k[0, 2] / size  # y flipped
+    projection[1, 1:3] = 2 * k[1, 1] / size, 2 * k[1, 2] / size - 1
+    projection[2, 2], projection[2, 3] = -(far + near) / (far - near), -2 * far * near / (far - near)
+    projection[3, 2] = -1.0
+    return np.linalg.inv(view), projection
+
+
 def write_glb(path: str | Path, gltf: gl.GLTF2) -> Path:
     """Write a glTF document as one binary .glb file. Returns the path."""
     path = Path(path)

@@ -1,4 +1,5 @@
-"""A small CPU splat renderer: points drawn as depth-tested discs, for previews and silhouettes.
+"""A small CPU splat renderer: points drawn as depth-tested discs, for previews and silhouettes
+(and `triangle_mask`, a mesh's silhouette).
 
 Not a Gaussian rasteriser: each Gaussian is one opaque disc of radius `footprint` x its
 largest scale, the nearest disc wins a pixel. That is what a silhouette needs and is
@@ -82,6 +83,35 @@ def splat_points(
         np.isfinite(depth_buffer).reshape(size, size),
         depth_buffer.reshape(size, size),
     )
+
+
+def triangle_mask(
+    vertices: np.ndarray, faces: np.ndarray, intrinsics: np.ndarray, world_to_camera: np.ndarray, size: int
+) -> np.ndarray:
+    """Silhouette (size, size) bool of a triangle mesh, vertices (V, 3) and faces (F, 3), in one
+    square view: a pixel is in when its centre is inside (or on the edge of) a projected
+    triangle of either winding, the coverage rule of a GPU rasteriser. Triangles with a
+    vertex behind the camera are skipped (an object in front of the camera has none)."""
+    vertices = check_shape("vertices", vertices, (None, 3))
+    faces = check_shape("faces", faces, (None, 3)).astype(np.int64)
+    uv, depth = project_points(vertices, intrinsics[None], world_to_camera[None])
+    corners = uv[0][faces[(depth[0][faces] > 1e-9).all(axis=1)]]  # (F, 3, 2)
+    low = np.clip(np.ceil(corners.min(axis=1) - 0.5), 0, size).astype(np.int64)
+    high = np.clip(np.floor(corners.max(axis=1) - 0.5), -1, size - 1).astype(np.int64)
+    mask = np.zeros((size, size), dtype=bool)
+    for (a, b, c), (x0, y0), (x1, y1) in zip(corners, low, high, strict=True):
+        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        if x1 < x0 or y1 < y0 or abs(area) < 1e-12:
+            continue
+        x = np.arange(x0, x1 + 1)[None, :] + 0.5
+        y = np.arange(y0, y1 + 1)[:, None] + 0.5
+        # Edge functions scaled by the area's sign: all >= 0 inside, whatever the winding.
+        sign = np.sign(area)
+        inside = sign * ((b[0] - a[0]) * (y - a[1]) - (b[1] - a[1]) * (x - a[0])) >= 0
+        inside &= sign * ((c[0] - b[0]) * (y - b[1]) - (c[1] - b[1]) * (x - b[0])) >= 0
+        inside &= sign * ((a[0] - c[0]) * (y - c[1]) - (a[1] - c[1]) * (x - c[0])) >= 0
+        mask[y0 : y1 + 1, x0 : x1 + 1] |= inside
+    return mask
 
 
 def render_views(
