@@ -91,6 +91,7 @@ def fit_command(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the keypoint model on cached views (and features); resumable."""
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # for the lock
     try:
         check_out_folder(out)
         check_threads(threads)  # before the progress bar is drawn
@@ -128,7 +129,6 @@ def fit_command(
 
         # One fit per run directory: a second one would restart or resume a run that is
         # still training. The lock lies beside --out (as a store's does).
-        made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
         with hold_store_lock(out, what="run"):
             try:
                 summary = fit(job, on_step, preview_writer(out), notice=tqdm.write)
