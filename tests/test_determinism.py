@@ -1,5 +1,6 @@
-"""Training on the CPU gives the same bits whatever the thread count; thread counts do not
-oversubscribe the cores and a user's --threads wins (issue 13, items 14 and 15)."""
+"""Training on the CPU gives the same bits in every process at a given thread count (and
+agrees to rounding across counts); thread counts do not oversubscribe the cores and a
+user's --threads wins (issue 13, items 14 and 15)."""
 
 from __future__ import annotations
 
