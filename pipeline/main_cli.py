@@ -35,8 +35,8 @@ def demo_command(
     threads: int | None = typer.Option(
         None,
         "--threads",
-        help="Torch CPU threads for training and evaluation (default: the cores this process may use, "
-        "less the data-loader worker). Results do not depend on it.",
+        help="Torch CPU threads for training and evaluation (default 1 on every machine, so results "
+        "are the same anywhere; N > 1 rounds differently).",
     ),
 ) -> None:
     """Render the synthetic world, train without labels, evaluate on held-out clips, write a report."""

@@ -84,8 +84,8 @@ def fit_command(
     threads: int | None = typer.Option(
         None,
         "--threads",
-        help="Torch CPU threads (default: the cores this process may use, less the loader workers). "
-        "Losses do not depend on it.",
+        help="Torch CPU threads (default 1 on every machine, so the losses are the same anywhere; "
+        "N > 1 is faster on idle cores and repeats its own bits, but rounds differently).",
     ),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -214,7 +214,9 @@ def eval_command(
     ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     threads: int | None = typer.Option(
-        None, "--threads", help="Torch CPU threads for predicting (default: the cores this process may use)."
+        None,
+        "--threads",
+        help="Torch CPU threads for predicting (default 1: the same numbers on every machine).",
     ),
 ) -> None:
     """Map discovered keypoints to ground-truth joints and report MPJPE, N-MPJPE, P-MPJPE and

@@ -1,30 +1,23 @@
 """How many torch intra-op threads a run uses: one rule for training, evaluation and the demo.
 
-torch's default is one thread per core, plus one process per data-loader worker. On a
-2-core machine that is also doing other work, a 2-thread fit ran 10 steps in 34 s against
-7.7 s with 1 thread (issue 13, item 15): OpenMP threads that spin waiting for a core the
-loader worker or another process holds slow every parallel kernel down to the slowest one.
-So by default the torch threads and the loader workers together take no more than the
-cores this process may run on (its affinity mask, not the machine's core count, so a
-container or `taskset` is respected).
+One by default, whatever the machine. torch's CPU reductions (sums, convolution weight
+gradients) split their work by the thread count, so another count rounds differently:
+with a fixed default, the same command and seed give the same losses and weights on every
+machine and under any OMP_NUM_THREADS (issue 13, item 14). One thread is also what does
+not oversubscribe a small machine (item 15): on 2 busy cores a 2-thread fit ran 10 steps in
+34 s against 7.7 s with 1 thread, because OpenMP threads that wait for a core held by the
+loader worker or another process slow every parallel kernel down. `--threads N` opts into
+more threads (same bits at that N, other rounding than at 1).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
 
 from stages.errors import ConfigError
-
-
-def available_cores() -> int:
-    """Cores this process may run on (sched_getaffinity where the OS has it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def check_threads(threads: int | None) -> None:
@@ -33,12 +26,13 @@ def check_threads(threads: int | None) -> None:
         raise ConfigError(f"--threads must be >= 1 (or left out to choose), got {threads}")
 
 
-def choose_threads(requested: int | None, loader_workers: int = 0, cores: int | None = None) -> int:
-    """The user's count when given; else the cores left after the loader workers, at least 1."""
+DEFAULT_THREADS = 1
+
+
+def choose_threads(requested: int | None) -> int:
+    """The user's count when given, else DEFAULT_THREADS (the same on every machine)."""
     check_threads(requested)
-    if requested is not None:
-        return requested
-    return max(1, (cores or available_cores()) - loader_workers)
+    return DEFAULT_THREADS if requested is None else requested
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Training on the CPU gives the same bits in every process at a given thread count (and
-agrees to rounding across counts); thread counts do not oversubscribe the cores and a
-user's --threads wins (issue 13, items 14 and 15)."""
+agrees to rounding across counts); the default is one thread on every machine, so the same
+command gives the same bits anywhere, and a user's --threads wins (issue 13, items 14, 15)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pipeline.main_cli import app as main_app
 from pipeline.train_cli import app
 from stages.errors import ConfigError
-from stages.threads import available_cores, choose_threads, torch_threads
+from stages.threads import DEFAULT_THREADS, choose_threads, torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "model/diffusion_pytorch_model.safetensors"
@@ -44,12 +44,14 @@ def cache(tmp_path_factory) -> Path:
     return out
 
 
-def _start_fit(cache: Path, run: Path, threads: int) -> subprocess.Popen:
-    """`keydiff3d-train fit` in a fresh process (cwd: this checkout, so its packages load)."""
+def _start_fit(cache: Path, run: Path, threads: int | None, omp: int = 2) -> subprocess.Popen:
+    """`keydiff3d-train fit` in a fresh process (cwd: this checkout, so its packages load), with
+    `--threads threads` (None: the default) and OMP_NUM_THREADS=omp in its environment."""
     command = [sys.executable, "-c", "from pipeline.train_cli import app; app()", "fit", str(cache)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(omp)}
+    option = [] if threads is None else ["--threads", str(threads)]
     return subprocess.Popen(
-        [*command, "--out", str(run), *FIT, "--threads", str(threads)],
+        [*command, "--out", str(run), *FIT, *option],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -69,10 +71,10 @@ def _weights(run: Path) -> bytes:
     ).read_bytes()
 
 
-def test_two_thread_fits_give_the_same_bits_and_one_thread_agrees_to_rounding(cache, tmp_path):
+def test_two_thread_fits_give_the_same_bits_and_the_default_is_one_thread_anywhere(cache, tmp_path):
     # The runs go one after the other: side by side on 2 cores they would oversubscribe them.
-    runs = {name: tmp_path / name for name in ("two_a", "two_b", "one")}
-    for name, threads in (("two_a", 2), ("two_b", 2), ("one", 1)):
+    runs = {name: tmp_path / name for name in ("two_a", "two_b", "one", "default")}
+    for name, threads in (("two_a", 2), ("two_b", 2), ("one", 1), ("default", None)):
         process = _start_fit(cache, runs[name], threads)
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output
@@ -88,24 +90,17 @@ def test_two_thread_fits_give_the_same_bits_and_one_thread_agrees_to_rounding(ca
     for a, b in zip(one, two, strict=True):
         assert a.keys() == b.keys()
         assert all(a[k] == pytest.approx(b[k], rel=1e-3) for k in a)
+    # The default is one thread on every machine, whatever OMP_NUM_THREADS says: the same bits.
+    assert _losses(runs["default"]) == one
+    assert _weights(runs["default"]) == _weights(runs["one"])
 
 
-def test_default_threads_leave_a_core_to_each_loader_worker():
-    for cores in (1, 2, 4, 16):
-        for workers in range(0, cores + 2):
-            threads = choose_threads(None, workers, cores)
-            assert threads >= 1
-            assert threads + workers <= max(cores, workers + 1)
-    assert choose_threads(None, 1, 2) == 1  # the cpu preset (one loader worker) on 2 cores
-    assert choose_threads(None, 0, 2) == 2
-    assert 1 <= choose_threads(None) <= available_cores()
-
-
-def test_a_requested_thread_count_wins_and_bad_ones_are_refused():
-    assert choose_threads(3, loader_workers=2, cores=2) == 3
-    for bad in (0, -1):
+def test_the_default_is_one_thread_and_a_requested_count_wins():
+    assert choose_threads(None) == DEFAULT_THREADS == 1
+    assert choose_threads(3) == 3
+    for bad in (0, -1, True):
         with pytest.raises(ConfigError, match="--threads must be >= 1"):
-            choose_threads(bad, 0, 2)
+            choose_threads(bad)
 
 
 def test_torch_threads_restores_the_previous_count():

@@ -50,7 +50,7 @@ class FitJob:
     vgg_weights: Path | None = None
     """VGG16 ImageNet checkpoint; None looks in the torch hub cache."""
     threads: int | None = None
-    """Torch intra-op threads while training; None: the cores left after the loader workers
+    """Torch intra-op threads while training; None: 1 on every machine
     (`stages.threads.choose_threads`). Runs at one thread count repeat bit for bit; another
     count splits some CPU reductions differently (losses agree to about 7 digits)."""
 
@@ -152,7 +152,7 @@ def fit(
     A new run that fails (or is interrupted) before its first checkpoint removes what it
     wrote, so the same command can simply be run again (stages/keypoints/run_dir.py).
     """
-    with torch_threads(choose_threads(job.threads, job.config.loader_workers)):
+    with torch_threads(choose_threads(job.threads)):
         return _fit(job, progress, on_checkpoint, notice)
 
 
