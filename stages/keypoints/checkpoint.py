@@ -27,6 +27,7 @@ from stages.keypoints.checkpoint_files import (
     check_checkpoint,
     checkpoint_problem,
     write_digests,
+    write_json_atomically,
 )
 from stages.keypoints.errors import TrainingError
 from stages.keypoints.model import KeyDiff3DModel
@@ -52,11 +53,11 @@ def save_checkpoint(
     model.save_pretrained(partial / "model", safe_serialization=True)
     tensors, skeleton = _split_optimizer_state(optimizer.state_dict())
     save_file(tensors, str(partial / "optimizer.safetensors"))
-    _write_json(partial / "trainer_state.json", {**state, "step": step, "optimizer": skeleton})
+    write_json_atomically(partial / "trainer_state.json", {**state, "step": step, "optimizer": skeleton})
     write_digests(partial)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
-    _write_json(root / LATEST, {"step": step, "dir": final.name})
+    write_json_atomically(root / LATEST, {"step": step, "dir": final.name})
     return final
 
 
@@ -226,9 +227,3 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], skeleton: dict[str, 
         for param_id, values in skeleton["state"].items()
     }
     return {"state": state, "param_groups": skeleton["param_groups"]}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(partial, path)

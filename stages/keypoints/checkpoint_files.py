@@ -9,13 +9,14 @@ have no digests.json: they are checked for their files only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
+from stages.file_digests import sha256_file
 from stages.keypoints.errors import TrainingError
 
 DIGESTS = "digests.json"
@@ -25,22 +26,18 @@ ALL_FILES = (*MODEL_FILES, "optimizer.safetensors", "trainer_state.json")
 """What resuming needs of a checkpoint."""
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks (model files can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Written to `path.partial` and renamed: a killed writer never leaves half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(partial, path)
 
 
 def write_digests(checkpoint: Path) -> None:
     """Record the SHA-256 of every file of ALL_FILES in checkpoint/digests.json."""
     checkpoint = Path(checkpoint)
-    record = {"sha256": {name: file_digest(checkpoint / name) for name in ALL_FILES}}
-    partial = checkpoint / (DIGESTS + ".partial")
-    partial.write_text(json.dumps(record, indent=2, sort_keys=True))
-    os.replace(partial, checkpoint / DIGESTS)
+    record = {"sha256": {name: sha256_file(checkpoint / name) for name in ALL_FILES}}
+    write_json_atomically(checkpoint / DIGESTS, record)
 
 
 def checkpoint_problem(checkpoint: Path, files: tuple[str, ...] = ALL_FILES) -> str | None:
@@ -64,7 +61,7 @@ def checkpoint_problem(checkpoint: Path, files: tuple[str, ...] = ALL_FILES) -> 
     except (ValueError, KeyError, TypeError) as exc:
         return f"{digests_path} is unreadable or incomplete ({exc})"
     for name in files:
-        if file_digest(checkpoint / name) != expected[name]:
+        if sha256_file(checkpoint / name) != expected[name]:
             return f"{checkpoint / name} does not match its SHA-256 in {DIGESTS}: the file is damaged"
     return None
 

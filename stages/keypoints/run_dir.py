@@ -13,7 +13,6 @@ that run again. A run with any checkpoint is never removed or restarted.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from stages.keypoints.checkpoint import (
     choose_checkpoint,
     restore_checkpoint,
 )
+from stages.keypoints.checkpoint_files import write_json_atomically
 from stages.keypoints.errors import TrainingError
 from stages.keypoints.run_stage_one import STAGE_ONE, write_stage_one
 
@@ -111,7 +111,7 @@ def start_run_dir(
     started = StartedRun(run_dir, 0, fresh=True, created=created)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(config_path, resolved)
+        write_json_atomically(config_path, resolved)
         write_stage_one(run_dir, cache)
         (run_dir / METRICS).write_text("")
     except BaseException:
@@ -147,7 +147,7 @@ def _resume(
     choice = choose_checkpoint(run_dir)
     # Restore before touching the run directory: a refused checkpoint leaves it as it was.
     state = restore_checkpoint(choice.path, model, optimizer) if choice.path is not None else {"step": 0}
-    _write_json(config_path, {**saved, "stage_two": resolved["stage_two"]})
+    write_json_atomically(config_path, {**saved, "stage_two": resolved["stage_two"]})
     if not (run_dir / STAGE_ONE).is_file():
         # A run from before stage_one.json: its caches are here now, so keep their settings.
         write_stage_one(run_dir, cache)
@@ -174,10 +174,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if path.is_file():
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in kept))
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Written to a .partial file and renamed: a killed fit never leaves half a config."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(partial, path)

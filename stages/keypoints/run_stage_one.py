@@ -11,13 +11,13 @@ back to their first training cache, and are refused by name when that is gone.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cache_schema import CacheError, CacheStore, FeatureLayerSpec
 from stages.config import GenerationConfig
+from stages.keypoints.checkpoint_files import write_json_atomically
 from stages.keypoints.errors import TrainingError
 
 STAGE_ONE = "stage_one.json"
@@ -113,9 +113,7 @@ def settings_of_cache(cache: Path) -> StageOneSettings:
 def write_stage_one(run_dir: Path, cache: Path) -> Path:
     """Copy the cache's stage-one settings into run_dir/stage_one.json (atomically, by rename)."""
     path = Path(run_dir) / STAGE_ONE
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(settings_of_cache(cache).to_dict(), indent=2, sort_keys=True))
-    os.replace(partial, path)
+    write_json_atomically(path, settings_of_cache(cache).to_dict())
     return path
 
 

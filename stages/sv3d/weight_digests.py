@@ -21,27 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stages.file_digests import sha256_file
+
 CACHE_NAME = ".keydiff3d-weight-digests.json"
 CACHE_VERSION = 1
-BLOCK_BYTES = 4 << 20
-"""Read size of the streaming hash: large enough for full disk throughput, small in memory."""
 RACY_SECONDS = 2.0
 """A file modified this recently may still change within the same mtime tick (file
 systems stamp times coarsely), so its digest is not cached: the next run hashes again."""
-
-
-def sha256_file(path: Path) -> str:
-    """Streaming SHA-256 of one file, BLOCK_BYTES at a time."""
-    digest = hashlib.sha256()
-    buffer = bytearray(BLOCK_BYTES)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
-    return digest.hexdigest()
 
 
 def user_cache_path(root: Path) -> Path:
