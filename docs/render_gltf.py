@@ -195,6 +195,8 @@ def compare(args: argparse.Namespace, rig: Path, cache: Path, sample: str, poses
     """Export, render every keyframe both ways, write iou.json and silhouettes.png; the failures."""
     from silhouettes import Scene, sheet  # docs/silhouettes.py
 
+    from stages.manipulation.render import silhouette_iou
+
     glb = export(rig, cache, sample, poses, args.voxels, args.out / "object.glb")
     scene = Scene.build(rig, cache, sample, poses, args.voxels, args.view, args.size)
     rows, records = [], []
@@ -206,7 +208,7 @@ def compare(args: argparse.Namespace, rig: Path, cache: Path, sample: str, poses
         # 4x MSAA resolves edge pixels to 64, 128 or 192: in when at least half the samples are.
         three = silhouette.mean(axis=-1) < 160
         ours = scene.mask(key)
-        iou = float((ours & three).sum() / max((ours | three).sum(), 1))
+        iou = float(silhouette_iou(ours[None], three[None])[0])
         records.append(
             {
                 "time": float(key),
