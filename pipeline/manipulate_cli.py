@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from cache_schema import CacheError, CacheReader
 from pipeline.cli_errors import fail
 from pipeline.manipulate_report import labelled, overlay_sheet, render_row, save_png, skinning_colours
+from pipeline.out_paths import check_out_file
 from stages.devices import resolve_device
 from stages.errors import StageError
 from stages.keypoints.checkpoint import load_run
@@ -230,6 +231,7 @@ def export_command(
     try:
         if out.suffix.lower() != ".glb":
             raise ValueError(f"--out {out}: must end in .glb (one binary glTF file)")
+        check_out_file(out)  # before minutes of carving, not as an OSError when writing
         export = ExportConfig(seconds_per_pose=seconds_per_pose, from_rest=from_rest)
         mesh_config = MeshConfig(voxels=voxels)
         rig = Rig.load(rig_path)

@@ -193,6 +193,8 @@ def test_keyframes_reproduce_the_pose_command(exported, tmp_path):
 
 def test_bad_inputs_name_the_file_or_option(exported, tmp_path):
     rig, cache, glb = exported["rig_path"], exported["cache"], tmp_path / "o.glb"
+    folder = tmp_path / "taken.glb"
+    folder.mkdir()
     pose = tmp_path / "bad_pose.json"
     pose.write_text(json.dumps({"rotations": {"left_knee-nose": {"axis": [0, 0, 1], "degrees": 20}}}))
     cases = {
@@ -203,6 +205,7 @@ def test_bad_inputs_name_the_file_or_option(exported, tmp_path):
         ),
         "pose": (["export", rig, cache, "--sample", 0, "--out", glb, "--pose", pose], "bad_pose.json: rot"),
         "rig": (["export", tmp_path / "no.json", cache, "--sample", 0, "--out", glb], "no.json: no such rig"),
+        "--out folder": (["export", rig, cache, "--sample", 0, "--out", folder], "is a folder; give a file"),
     }
     for name, (args, message) in cases.items():
         result = invoke(*args)
