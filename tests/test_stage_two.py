@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from cache_schema import CacheError, CacheReader  # noqa: E402
 from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.train_cli import app  # noqa: E402
 from stages.config import GenerationConfig  # noqa: E402
+from stages.errors import ConfigError  # noqa: E402
 from stages.keypoints import training  # noqa: E402
 from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
@@ -63,6 +65,35 @@ def test_training_writes_checkpoints_and_resume_gives_the_same_losses(render_cac
     a = load_model(latest_checkpoint(tmp_path / "a")).state_dict()
     b = load_model(latest_checkpoint(tmp_path / "b")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_rate_schedules():
+    assert [training.learning_rate_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    cosine = [training.learning_rate_factor("cosine", s, 10) for s in range(10)]
+    assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and 0 < cosine[9] < 0.03
+    assert all(a > b for a, b in zip(cosine[:-1], cosine[1:], strict=True))
+
+
+def test_a_cosine_run_decays_its_rates_and_resumes_on_the_same_curve(render_cache, tmp_path):
+    config = StageTwoConfig(**{**TINY.to_dict(), "lr_schedule": "cosine", "lr_reconstruction": 2e-3})
+    fit(FitJob((render_cache,), tmp_path / "a", config))
+    fit(FitJob((render_cache,), tmp_path / "b", config))
+    # Kill b after step 2: its last checkpoint goes, and it resumes from step 2.
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_00000004")
+    (tmp_path / "b" / "checkpoints" / "latest.json").unlink()
+    resumed = fit(FitJob((render_cache,), tmp_path / "b", config, resume=True))
+    assert (resumed.start_step, resumed.final_step) == (2, 4)
+    a = load_model(latest_checkpoint(tmp_path / "a")).state_dict()
+    b = load_model(latest_checkpoint(tmp_path / "b")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = json.loads((latest_checkpoint(tmp_path / "a") / "trainer_state.json").read_text())
+    groups = state["optimizer"]["param_groups"]
+    # The last step (index 3 of 4) ran at 0.5 (1 + cos(3 pi / 4)) of each group's base rate.
+    factor = training.learning_rate_factor("cosine", 3, 4)
+    assert [g["base_lr"] for g in groups] == [1e-3, 2e-3]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 * factor, 2e-3 * factor])
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        StageTwoConfig(lr_schedule="linear")
 
 
 def test_a_killed_run_resumes_from_its_last_complete_checkpoint(render_cache, tmp_path):

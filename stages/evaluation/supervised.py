@@ -20,7 +20,7 @@ from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import CacheTrainingSet, batch_indices
 from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
-from stages.keypoints.training import build_model
+from stages.keypoints.training import apply_learning_rate, build_model
 
 
 class GroundTruthTrainingSet(CacheTrainingSet):
@@ -211,6 +211,7 @@ def train_supervised(
         loss = sample_loss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        apply_learning_rate(optimizer, config.lr_schedule, step, config.steps)
         optimizer.step()
         if progress is not None:
             progress(step + 1, float(loss.detach()))

@@ -13,6 +13,7 @@ FEATURE_SOURCES = ("diffusion", "pixels")
 AGGREGATIONS = ("softmax", "mean")
 PIXEL_ENCODERS = ("shallow", "deep")
 PERCEPTUAL_KINDS = ("vgg", "ssim")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -119,6 +120,10 @@ class StageTwoConfig:
     lr_reconstruction: float = 1e-3
     """AdamW learning rate of the reconstruction network (appearance encoder and decoder)."""
     weight_decay: float = 1e-2
+    lr_schedule: str = "constant"
+    """'constant' (the paper's setting) or 'cosine': every group's learning rate follows
+    half a cosine from its value at step 0 down to 0 at `steps`. A constant rate leaves
+    the soft-argmax jittering around its target; the decay lets it settle."""
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -132,6 +137,7 @@ class StageTwoConfig:
         _choice("aggregation", self.aggregation, AGGREGATIONS)
         _choice("perceptual", self.perceptual, PERCEPTUAL_KINDS)
         _choice("pixel_encoder", self.pixel_encoder, PIXEL_ENCODERS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.pixel_input_size < 0:
             raise ConfigError(f"pixel_input_size must be >= 0, got {self.pixel_input_size}")
         for name, minimum, strict in _FLOAT_RANGES:

@@ -122,11 +122,40 @@ def build_optimizer(model: KeyDiff3DModel, config: StageTwoConfig) -> torch.opti
         {"params": model.keypoint_parameters(with_adjacency=not separate), "lr": config.lr},
         {"params": model.reconstruction_parameters(), "lr": config.lr_reconstruction},
     ]
+    for group in groups:
+        group["base_lr"] = group["lr"]  # saved with the optimizer: what a schedule scales
     if separate:
         groups.append(
-            {"params": [model.adjacency], "lr": config.lr * config.adjacency_lr_scale, "weight_decay": 0.0}
+            {
+                "params": [model.adjacency],
+                "lr": config.lr * config.adjacency_lr_scale,
+                "base_lr": config.lr * config.adjacency_lr_scale,
+                "weight_decay": 0.0,
+            }
         )
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def learning_rate_factor(schedule: str, step: int, steps: int) -> float:
+    """The multiplier of every base learning rate at 0-based `step` of `steps`.
+
+    'constant': 1. 'cosine': 0.5 (1 + cos(pi step / steps)), 1 at step 0 and falling
+    towards 0 at the last step. A pure function of the step, so a resumed run continues
+    on the same curve."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
+def apply_learning_rate(optimizer: torch.optim.Optimizer, schedule: str, step: int, steps: int) -> None:
+    """Set every group's lr to its base lr (its lr when first seen) times the schedule's factor."""
+    if schedule == "constant":
+        return
+    factor = learning_rate_factor(schedule, step, steps)
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -242,6 +271,7 @@ def _train(
                     )
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
+            apply_learning_rate(optimizer, config.lr_schedule, step, config.steps)
             optimizer.step()
             done = step + 1
             summary.final_step, summary.last_terms = done, values
