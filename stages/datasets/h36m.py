@@ -118,9 +118,9 @@ def select_actions(available: list[str], actions: str) -> list[str]:
 def read_positions(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """positions_3d of data_3d_h36m.npz: subject -> action -> (F, 32, 3) world metres.
 
-    The file holds a pickled dict (VideoPose3D's format); it is unpickled by
-    `read_pickled_member`, which builds only dicts, strings, numbers and numpy arrays, so a
-    crafted file cannot run code.
+    The file holds a pickled dict (VideoPose3D's format); `read_pickled_member` interprets
+    its pickle opcodes itself, building only dicts, strings, numbers and numeric numpy arrays,
+    and never unpickles it, so a crafted file cannot run code.
     """
     try:
         data = read_pickled_member(path, "positions_3d")

@@ -2,15 +2,16 @@
 
 VideoPose3D's data_3d_h36m.npz stores a dict of numpy arrays as a pickled object array,
 which np.load(allow_pickle=True) would unpickle with the full pickle machinery: a crafted
-file runs any code it names. This reader parses the .npy header with numpy and unpickles
-the payload with an Unpickler that builds only dicts, lists, strings, numbers and numpy
-arrays; a file that names anything else is refused before anything it names runs.
+file runs any code it names. Here Python's pickle machinery is never used: this module
+parses the .npy header with numpy, and the file's pickle is interpreted by a small opcode
+reader (`stages.datasets.pickle_arrays`) that builds only containers (dict, list, tuple),
+strings, numbers and numeric numpy arrays. A file that names anything else, or uses any
+other opcode, is refused; nothing it names is imported or called.
 """
 
 from __future__ import annotations
 
 import io
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,29 +19,14 @@ from typing import Any
 import numpy as np
 import numpy.lib.format as npy_format
 
-# (module, name) pairs that numpy arrays and dtypes pickle to, in numpy 1.x and 2.x.
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
-        return super().find_class(module, name)
+from stages.datasets.pickle_arrays import load_array_pickle
 
 
 def read_pickled_member(path: Path, member: str) -> Any:
     """The object stored as `member` (e.g. 'positions_3d') of the npz at `path`.
 
     Raises ValueError naming the file for a non-zip file, a missing member, a bad header,
-    or a pickle that names anything but numpy arrays.
+    or a pickle that holds anything but containers, numbers and numeric numpy arrays.
     """
     name = f"{member}.npy"
     try:
@@ -59,8 +45,8 @@ def read_pickled_member(path: Path, member: str) -> Any:
             shape, fortran, dtype = npy_format.read_array_header_2_0(data)
         if not dtype.hasobject:
             return _plain_array(data, shape, fortran, dtype)
-        value = _ArraysOnlyUnpickler(data).load()
-    except (ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as exc:
+        value = load_array_pickle(data)
+    except (ValueError, EOFError) as exc:
         raise ValueError(f"{path}: cannot read '{member}' safely ({exc})") from None
     return (
         value.item() if isinstance(value, np.ndarray) and value.dtype.hasobject and value.ndim == 0 else value
