@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import zarr
+from zarr.core.chunk_grids import RegularChunkGrid
 
 from cache_schema.errors import StoreDamagedError
 
@@ -48,7 +49,10 @@ def shard_keys(array: zarr.Array, start: int, stop: int) -> list[str]:
     sharded array (one file per shard, inner chunks inside) and the chunk shape
     otherwise, and its chunk key encoding turns grid coordinates into a key ('c/1/0/0').
     """
-    grid = array.metadata.chunk_grid.chunk_shape
+    chunk_grid = array.metadata.chunk_grid
+    if not isinstance(chunk_grid, RegularChunkGrid):  # the only grid zarr 3 writes; says so to mypy
+        raise StoreDamagedError(f"array {array.path}: chunk grid {type(chunk_grid).__name__} is not regular")
+    grid = chunk_grid.chunk_shape
     along_samples = range(start // grid[0], (stop - 1) // grid[0] + 1)
     others = [range(-(-size // step)) for size, step in zip(array.shape[1:], grid[1:], strict=True)]
     return [array.metadata.encode_chunk_key(coords) for coords in itertools.product(along_samples, *others)]
