@@ -123,6 +123,9 @@ def test_make_tiny_model_never_replaces_a_folder_it_did_not_write(tmp_path):
     again = CliRunner().invoke(app, ["make-tiny-model", str(tiny), "--overwrite"])
     assert again.exit_code == 2 and "notes.txt" in again.output
     (tiny / "notes.txt").unlink()
+    # A digest cache, and the temp file of a digest write that was killed, belong to the model.
+    (tiny / ".keydiff3d-weight-digests.json").write_text("{}")
+    (tiny / ".keydiff3d-weight-digests.json.k3x9.tmp").write_text("{")
     replaced = CliRunner().invoke(app, ["make-tiny-model", str(tiny), "--overwrite", "--seed", "1"])
     assert replaced.exit_code == 0, replaced.output
     assert '"seed": 1' in (tiny / "keydiff3d_tiny_model.json").read_text()

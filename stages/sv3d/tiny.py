@@ -21,7 +21,7 @@ from stages.sv3d.convert.configs import CLIP_MEAN, CLIP_STD, SCHEDULER_CONFIG
 from stages.sv3d.hub_logging import quiet_hub_logging
 from stages.sv3d.pipeline import CLIPImageProcessor, SV3DPipeline
 from stages.sv3d.unet import SV3DUNetModel
-from stages.sv3d.weight_digests import CACHE_NAME
+from stages.sv3d.weight_digests import is_digest_cache_file
 
 TINY_RESOLUTION = 64
 _CLIP_SIZE = 32
@@ -30,7 +30,6 @@ TINY_MARKER = "keydiff3d_tiny_model.json"
 """Written into every tiny model folder: only a folder holding it may be replaced by another."""
 _TINY_ENTRIES = frozenset(
     {"model_index.json", "unet", "vae", "image_encoder", "feature_extractor", "scheduler", TINY_MARKER}
-    | {CACHE_NAME}  # the weight digests that model_identity caches beside any model
 )
 
 
@@ -122,7 +121,10 @@ def check_replaceable_tiny_model(out: Path) -> None:
             f"{out} is not a tiny model written by make-tiny-model (no {TINY_MARKER}); "
             "refusing to delete it: choose another folder or remove it yourself"
         )
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in _TINY_ENTRIES)
+    # The weight digests model_identity caches beside any model (or a killed write's temp file).
+    foreign = sorted(
+        p.name for p in out.iterdir() if p.name not in _TINY_ENTRIES and not is_digest_cache_file(p.name)
+    )
     if foreign:
         raise OutputExistsError(
             f"{out} also holds {foreign}, which a tiny model does not; refusing to delete it"

@@ -24,6 +24,13 @@ from typing import Any
 from stages.file_digests import sha256_file
 
 CACHE_NAME = ".keydiff3d-weight-digests.json"
+
+
+def is_digest_cache_file(name: str) -> bool:
+    """The digest cache or a temporary file of a write of it that was killed (`_write_cache`)."""
+    return name == CACHE_NAME or (name.startswith(CACHE_NAME + ".") and name.endswith(".tmp"))
+
+
 CACHE_VERSION = 1
 RACY_SECONDS = 2.0
 """A file modified this recently may still change within the same mtime tick (file
