@@ -130,6 +130,23 @@ def test_supervised_upper_bound_moves_keypoints_towards_the_joints(split_caches)
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
 
 
+def test_supervised_batches_read_ahead_by_a_worker_give_the_same_losses(split_caches):
+    from cache_schema import CacheReader
+
+    joints = len(CacheReader(split_caches["train"]).layout.ground_truth.joint_names)
+    config = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": joints, "steps": 6, "batch_size": 4})
+    runs = []
+    for workers in (0, 1):
+        losses = []
+        train_supervised(
+            dataclasses.replace(config, loader_workers=workers),
+            [split_caches["train"]],
+            lambda step, loss, losses=losses: losses.append((step, loss)),
+        )
+        runs.append(losses)
+    assert [step for step, _ in runs[0]] == [1, 2, 3, 4, 5, 6] and runs[0] == runs[1]
+
+
 @pytest.mark.parametrize("losses", [{}, {"flip_invariant": True}])
 def test_dense_supervised_losses_bring_predictions_closer_to_the_joints(split_caches, losses):
     from cache_schema import CacheReader

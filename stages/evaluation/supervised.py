@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache_schema import CacheReader
+from cache_schema import CacheError, CacheReader
 from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
 from stages.keypoints import geometry
 from stages.keypoints.config import StageTwoConfig
-from stages.keypoints.data import CacheTrainingSet, batch_indices
+from stages.keypoints.data import CacheTrainingSet, ErrorsAsValues, StepBatchSampler, keep_batch
 from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
 from stages.keypoints.training import apply_learning_rate, build_model
@@ -185,10 +185,18 @@ def train_supervised(
     if losses.flip_invariant:
         names = CacheReader(caches[0]).layout.ground_truth.joint_names
         swap = torch.from_numpy(label_swap_permutation(left_right_pairs(names), len(names)))
+    # The batches of fit's sampler, read ahead by config.loader_workers processes: read in
+    # this process, a batch of 128 px views took as long as the step that used it.
+    loader = torch.utils.data.DataLoader(
+        ErrorsAsValues(dataset),
+        batch_sampler=StepBatchSampler(len(dataset), config.batch_size, config.seed, 0, config.steps),
+        num_workers=config.loader_workers,
+        collate_fn=keep_batch,
+    )
     model.train()
-    for step in range(config.steps):
-        rows = batch_indices(len(dataset), config.batch_size, config.seed, step).tolist()
-        batch = dataset.__getitems__(rows)
+    for step, batch in enumerate(loader):
+        if isinstance(batch, CacheError):  # raised in a loader worker (ErrorsAsValues)
+            raise batch
         intrinsics, world_to_camera, joints = (
             batch["intrinsics"],
             batch["world_to_camera"],
