@@ -64,6 +64,9 @@ def fit_command(
     ),
     lr: float | None = typer.Option(None, help="Learning rate of the keypoint network."),
     lr_reconstruction: float | None = typer.Option(None, help="Learning rate of the reconstruction network."),
+    lr_schedule: str | None = typer.Option(
+        None, help="constant (the paper) | cosine (every rate decays to 0 at the last step)."
+    ),
     lambda_rotation: float | None = typer.Option(None, help="Weight of the 3D rotation consistency loss."),
     pixel_encoder: str | None = typer.Option(
         None, help="With --features pixels: shallow (13 px receptive field) | deep (about 127 px)."
@@ -77,6 +80,9 @@ def fit_command(
     ),
     adjacency_init: float | None = typer.Option(None, help="Initial edge logit (AutoLink: about -4)."),
     adjacency_lr_scale: float | None = typer.Option(None, help="Learning-rate multiplier of edge logits."),
+    keypoint_spread: float | None = typer.Option(
+        None, help="Start keypoints on learned anchors spread at this fraction of the volume (0: centre)."
+    ),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (each writes a PNG)."),
     log_every: int | None = typer.Option(None, help="Steps between metrics.jsonl lines."),
     workers: int | None = typer.Option(None, help="Data loader worker processes."),
@@ -108,6 +114,7 @@ def fit_command(
             perceptual=perceptual,
             lr=lr,
             lr_reconstruction=lr_reconstruction,
+            lr_schedule=lr_schedule,
             lambda_rotation=lambda_rotation,
             pixel_encoder=pixel_encoder,
             pixel_input_size=pixel_input_size,
@@ -115,6 +122,7 @@ def fit_command(
             appearance_transport=appearance_transport,
             adjacency_init=adjacency_init,
             adjacency_lr_scale=adjacency_lr_scale,
+            keypoint_spread=keypoint_spread,
             checkpoint_every=checkpoint_every,
             log_every=log_every,
             loader_workers=workers,

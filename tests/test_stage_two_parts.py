@@ -177,3 +177,30 @@ def test_autolink_edge_logits_get_their_own_learning_rate_and_no_decay():
     assert len(edges["params"]) == 1 and edges["lr"] == pytest.approx(config.lr * 512.0)
     assert edges["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_spread_keypoints_start_on_their_anchors_and_the_anchors_learn():
+    from stages.keypoints.model import KeyDiff3DModel, fibonacci_sphere
+    from stages.keypoints.training import build_optimizer
+
+    sizes = dict(
+        image_size=64, volume_half_extent=1.0, feature_source="pixels", num_keypoints=6, volume_size=16,
+        volume_channels=(8, 16), feature_channels=16, feature_size=8, keypoint_channels=8,
+        render_size=32, decoder_channels=8,
+    )  # fmt: skip
+    volume = torch.zeros(2, 8, 16, 16, 16)
+    centred = KeyDiff3DModel(**sizes)
+    spread = KeyDiff3DModel(**sizes, keypoint_spread=0.5)
+    assert not hasattr(centred, "spread_anchors") or centred.spread_anchors is None
+    anchors = fibonacci_sphere(6) * 0.5
+    assert torch.allclose(spread.spread_anchors.detach(), anchors)
+    assert torch.allclose(torch.linalg.norm(fibonacci_sphere(50), dim=-1), torch.ones(50))
+    with torch.no_grad():
+        start, _ = geometry.soft_argmax_3d(spread.keypoint_logits(volume), spread.voxel_centres)
+        near_centre, _ = geometry.soft_argmax_3d(centred.keypoint_logits(volume), centred.voxel_centres)
+    # Keypoints start near their own anchors (the prior outweighs the untrained logits), not
+    # at the centre, where the paper's start puts them all.
+    assert torch.linalg.norm(start[0] - anchors, dim=-1).max() < 0.15
+    assert torch.linalg.norm(near_centre[0], dim=-1).max() < 0.1
+    groups = build_optimizer(spread, StageTwoConfig(feature_source="pixels")).param_groups
+    assert any(p is spread.spread_anchors for p in groups[0]["params"])

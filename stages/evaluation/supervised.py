@@ -204,7 +204,7 @@ def train_supervised(
         )
         features = model.view_features(model_inputs(model, batch))
         volume = model.lift(features, intrinsics, world_to_camera)
-        keypoints, probabilities = geometry.soft_argmax_3d(model.volume_net(volume), model.voxel_centres)
+        keypoints, probabilities = geometry.soft_argmax_3d(model.keypoint_logits(volume), model.voxel_centres)
         b, v = features.shape[:2]
         logits = joint_head(features.flatten(0, 1)).unflatten(0, (b, v)) if losses.heatmap_ce > 0 else None
         outputs = SupervisedOutputs(

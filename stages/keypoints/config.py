@@ -47,6 +47,7 @@ _FLOAT_RANGES = (
     ("augment_translate", 0.0, False),
     ("adjacency_lr_scale", 0.0, True),
     ("adjacency_init", -math.inf, False),
+    ("keypoint_spread", 0.0, False),
 )
 
 
@@ -95,6 +96,10 @@ class StageTwoConfig:
     adjacency_init: float = 0.0
     """Initial logit of every learned edge weight (w_ij = softplus(logit)); AutoLink starts
     near -4 so that edges begin almost absent and only the useful ones grow."""
+    keypoint_spread: float = 0.0
+    """> 0: every keypoint starts on its own anchor, spread on a sphere of this radius (a
+    fraction of the volume's half extent), through a Gaussian prior on its voxel logits
+    whose anchor is learned; 0: the paper's start, all keypoints near the centre."""
     adjacency_lr_scale: float = 1.0
     """Learning-rate multiplier of the edge logits (AutoLink uses a large one), which get no
     weight decay when it is not 1."""

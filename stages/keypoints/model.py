@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -42,6 +44,7 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         pixel_input_size: int = 0,
         appearance_transport: bool = False,
         adjacency_init: float = 0.0,
+        keypoint_spread: float = 0.0,
     ):
         super().__init__()
         if feature_source == "diffusion":
@@ -62,12 +65,20 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         self.decoder = ViewDecoder(num_keypoints + 1 + transported, decoder_channels)
         centres = geometry.voxel_centres(volume_size, volume_half_extent)
         self.register_buffer("voxel_centres", centres, persistent=False)
+        self.spread_anchors = None
+        if keypoint_spread > 0:
+            # Learnable anchors on a sphere of radius keypoint_spread * half extent: each
+            # keypoint's logits get -|x - anchor|^2 / (2 sigma^2), so training starts from N
+            # keypoints spread over the volume rather than N at its centre.
+            anchors = fibonacci_sphere(num_keypoints) * keypoint_spread * volume_half_extent
+            self.spread_anchors = nn.Parameter(anchors)
 
     def keypoint_parameters(self, with_adjacency: bool = True) -> list[nn.Parameter]:
         """The keypoint network (lr), as opposed to the reconstruction network (lr_reconstruction)."""
         parts = (self.features, self.keypoint_head, self.volume_net)
         adjacency = [self.adjacency] if with_adjacency else []
-        return [p for part in parts for p in part.parameters()] + adjacency
+        anchors = [self.spread_anchors] if self.spread_anchors is not None else []
+        return [p for part in parts for p in part.parameters()] + adjacency + anchors
 
     def reconstruction_parameters(self) -> list[nn.Parameter]:
         parts = [self.appearance, self.decoder] + ([self.transport] if self.transport is not None else [])
@@ -112,9 +123,19 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """3D keypoints (B, N, 3) in the world frame and their voxel probabilities (B, N, M, M, M)."""
         volume = self.lift(self.view_features(inputs), intrinsics, world_to_camera)
-        heatmaps = self.volume_net(volume)
+        heatmaps = self.keypoint_logits(volume)
         with _full_precision(heatmaps):
             return geometry.soft_argmax_3d(heatmaps.float(), self.voxel_centres.float())
+
+    def keypoint_logits(self, volume: torch.Tensor) -> torch.Tensor:
+        """Lifted volume (B, C, M, M, M) -> keypoint logits (B, N, M, M, M): V2V, plus the
+        spread prior around each keypoint's anchor when keypoint_spread > 0."""
+        logits = self.volume_net(volume)
+        if self.spread_anchors is None:
+            return logits
+        sigma = 0.25 * self.config.volume_half_extent
+        distance_sq = ((self.voxel_centres[None] - self.spread_anchors[:, None, None, None]) ** 2).sum(-1)
+        return logits + (-distance_sq / (2.0 * sigma**2)).to(logits.dtype)[None]
 
     def project(
         self, keypoints: torch.Tensor, intrinsics: torch.Tensor, world_to_camera: torch.Tensor
@@ -154,6 +175,15 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
             painted = self.transport(view0, uv[:, 0], structure[:, :, 1:])
             structure = torch.cat([structure, painted], dim=2)
         return self.decoder(structure, self.appearance(appearance_image))
+
+
+def fibonacci_sphere(count: int) -> torch.Tensor:
+    """count (P,) points spread evenly over the unit sphere, (P, 3), deterministic."""
+    index = torch.arange(count, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * index / count
+    radius = torch.sqrt(1.0 - z**2)
+    angle = index * math.pi * (3.0 - math.sqrt(5.0))
+    return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle), z], dim=-1).float()
 
 
 def _full_precision(tensor: torch.Tensor) -> torch.autocast:

@@ -99,6 +99,7 @@ def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDi
             pixel_input_size=config.pixel_input_size,
             appearance_transport=config.appearance_transport,
             adjacency_init=config.adjacency_init,
+            keypoint_spread=config.keypoint_spread,
         )
     record = {
         "caches": [str(Path(c).resolve()) for c in caches],
