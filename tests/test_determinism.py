@@ -83,10 +83,9 @@ def test_two_thread_fits_give_the_same_bits_and_the_default_is_one_thread_anywhe
     assert _losses(runs["two_b"]) == two
     # The losses are floats as JSON keeps them; the weights are the bits themselves.
     assert _weights(runs["two_a"]) == _weights(runs["two_b"])
-    # Another thread count splits some reductions elsewhere: the first step is identical,
-    # later ones agree to rounding only (README, "Reproducibility").
+    # Another thread count splits some reductions elsewhere (the soft-argmax's sums over
+    # voxels among them, from step 1): the losses agree to rounding only (README).
     one = _losses(runs["one"])
-    assert one[0] == two[0]
     for a, b in zip(one, two, strict=True):
         assert a.keys() == b.keys()
         assert all(a[k] == pytest.approx(b[k], rel=1e-3) for k in a)
