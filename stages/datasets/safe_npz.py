@@ -1,8 +1,8 @@
 """Read a pickled object member of an .npz without running code from the file.
 
-VideoPose3D's data_3d_h36m.npz stores a dict of numpy arrays as a pickled object array,
-which np.load(allow_pickle=True) would unpickle with the full pickle machinery: a crafted
-file runs any code it names. Here Python's pickle machinery is never used: this module
+VideoPose3D's data_3d_h36m.npz stores a dict of numpy arrays as a pickled object array.
+Loading that with numpy's object support would hand the bytes to Python's pickle, and a
+crafted file would run any code it names. Python's pickle is never used here: this module
 parses the .npy header with numpy, and the file's pickle is interpreted by a small opcode
 reader (`stages.datasets.pickle_arrays`) that builds only containers (dict, list, tuple),
 strings, numbers and numeric numpy arrays. A file that names anything else, or uses any
