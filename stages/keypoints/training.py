@@ -123,16 +123,9 @@ def build_optimizer(model: KeyDiff3DModel, config: StageTwoConfig) -> torch.opti
         {"params": model.keypoint_parameters(with_adjacency=not separate), "lr": config.lr},
         {"params": model.reconstruction_parameters(), "lr": config.lr_reconstruction},
     ]
-    for group in groups:
-        group["base_lr"] = group["lr"]  # saved with the optimizer: what a schedule scales
     if separate:
         groups.append(
-            {
-                "params": [model.adjacency],
-                "lr": config.lr * config.adjacency_lr_scale,
-                "base_lr": config.lr * config.adjacency_lr_scale,
-                "weight_decay": 0.0,
-            }
+            {"params": [model.adjacency], "lr": config.lr * config.adjacency_lr_scale, "weight_decay": 0.0}
         )
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
@@ -151,7 +144,9 @@ def learning_rate_factor(schedule: str, step: int, steps: int) -> float:
 
 
 def apply_learning_rate(optimizer: torch.optim.Optimizer, schedule: str, step: int, steps: int) -> None:
-    """Set every group's lr to its base lr (its lr when first seen) times the schedule's factor."""
+    """Set every group's lr to its base lr times the schedule's factor. The base lr is the
+    group's lr when first seen here, kept in the group (so saved with the optimizer and
+    restored on resume)."""
     if schedule == "constant":
         return
     factor = learning_rate_factor(schedule, step, steps)
