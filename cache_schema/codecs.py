@@ -1,4 +1,4 @@
-"""Codecs per array family, chosen by measurement (benchmarks/bench_stage_one.py, section 4).
+"""Codecs per array family, chosen by measurement (benchmarks/stage_one_bytes.py, section 4).
 
 Measured on the tiny model's store: zstd level 3 was within 0.2% of the smallest
 option for views and for float16 features, at 2-3x the encode speed of level 9 and
