@@ -14,7 +14,7 @@ from pipeline.cache_cli import app
 from stages.errors import ConfigError
 from stages.sources import list_image_sources
 from tests.fixtures.images import figure_rgba, on_white
-from tests.test_store_faults import one_error_line
+from tests.store.helpers import one_error_line
 
 FAST = ["--frames", "8", "--steps", "4", "--decode-chunk-size", "8", "--no-progress"]
 

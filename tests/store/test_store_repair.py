@@ -5,8 +5,6 @@ the store then verifies ok and holds what a fresh run writes."""
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from cache_schema import CacheStore  # noqa: E402
 from pipeline.cache_cli import app  # noqa: E402
-from tests.test_store_faults import (  # noqa: E402
+from tests.store.helpers import (  # noqa: E402
     files_of,
     flip_byte,
     generate,
@@ -25,21 +23,6 @@ from tests.test_store_faults import (  # noqa: E402
     one_error_line,
     shard_file,
 )
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    """A finished 4-sample render store, 2 samples per shard: what a fresh run writes."""
-    out = tmp_path_factory.mktemp("pristine") / "c.zarr"
-    result = generate(out)
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture
-def store(pristine, tmp_path) -> Path:
-    """A fresh copy of the pristine store, for a test to damage."""
-    return Path(shutil.copytree(pristine, tmp_path / "c.zarr"))
 
 
 def verify(path, *extra):

@@ -7,11 +7,7 @@ Apart from tests/test_faults.py because every test here needs the synthetic rend
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,67 +21,16 @@ from typer.testing import CliRunner  # noqa: E402
 from cache_schema import CacheReader, StoreDamagedError  # noqa: E402
 from pipeline.cache_cli import app  # noqa: E402
 from pipeline.train_cli import app as train_app  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-# 4 samples, 2 per shard: shard 1 holds samples 2 and 3.
-RENDER = ["--backend", "render", "--source", "synthetic:humanoid", "--num-samples", "4"]
-SMALL = ["--resolution", "32", "--shard-size", "2", "--no-progress"]
-
-
-def generate(out: Path, *extra: str):
-    return CliRunner().invoke(app, ["generate", *RENDER, *SMALL, "--out", str(out), *extra])
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pristine") / "c.zarr"
-    result = generate(out)
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture
-def store(pristine, tmp_path) -> Path:
-    """A fresh copy of a finished 4-sample render store, for a test to damage."""
-    return Path(shutil.copytree(pristine, tmp_path / "c.zarr"))
-
-
-def files_of(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
-def flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0xFF
-    path.write_bytes(bytes(data))
-
+from tests.store.helpers import (  # noqa: E402
+    files_of,
+    flip_byte,
+    generate,
+    hold_lock_in_subprocess,
+    one_error_line,
+    shard_file,
+)
 
 # -- 1. one writer per store ------------------------------------------------------------
-
-
-def hold_lock_in_subprocess(out: Path) -> subprocess.Popen:
-    """Another process holding the store's writer lock until it is killed."""
-    code = (
-        "import sys, time\n"
-        "from pipeline.store_lock import hold_store_lock\n"
-        f"with hold_store_lock({str(out)!r}):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(120)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def test_a_second_writer_is_refused_and_a_killed_holder_does_not_block(store):
@@ -128,14 +73,6 @@ PER_SAMPLE = [
     "ground_truth/joints_2d_visible",
     "sample_id",
 ]
-
-
-def shard_file(store: Path, name: str, shard: int) -> Path:
-    """The one file of `shard` of array `name`, found on disk (not from a hard-coded layout)."""
-    chunks = store / name / "c"
-    found = [p for p in chunks.rglob("*") if p.is_file() and p.relative_to(chunks).parts[0] == str(shard)]
-    assert len(found) == 1, found
-    return found[0]
 
 
 def test_verify_names_every_missing_shard_file_of_done_samples(store):

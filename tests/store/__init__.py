@@ -1,0 +1,1 @@
+"""Tests of damaged and shared stores; they all render a small store (pybullet)."""
