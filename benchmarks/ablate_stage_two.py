@@ -22,22 +22,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_quality import joint_names, ours, render, supervised, truth
+from bench_quality import SUPERVISED_LOSSES, joint_names, ours, render, supervised, truth
 
 from cache_schema import CacheReader
 from stages.evaluation.evaluate import procrustes_mean_baseline
+from stages.evaluation.supervised import SupervisedLosses
 from stages.keypoints.config import StageTwoConfig
 from stages.synthetic.world import SyntheticWorldConfig
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """key=value pairs -> config fields, each value parsed as JSON when it parses (else a string)."""
-    fields = {f.name for f in dataclasses.fields(StageTwoConfig)}
+def parse_overrides(pairs: list[str], target: type = StageTwoConfig, option: str = "--set") -> dict[str, Any]:
+    """key=value pairs -> fields of the dataclass `target`, each value parsed as JSON when it
+    parses (else a string)."""
+    fields = {f.name for f in dataclasses.fields(target)}
     values: dict[str, Any] = {}
     for pair in pairs:
         key, _, text = pair.partition("=")
         if key not in fields:
-            raise SystemExit(f"--set {pair}: no stage-two config field {key!r}")
+            raise SystemExit(f"{option} {pair}: no {target.__name__} field {key!r}")
         try:
             values[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -59,6 +61,13 @@ def main() -> None:
         "--world-version", type=int, default=None, help="synthetic world version (default: current)"
     )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument(
+        "--loss",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a SupervisedLosses field of the bound (--method supervised), over the benchmark's",
+    )
     parser.add_argument(
         "--world-seed",
         type=int,
@@ -82,13 +91,14 @@ def main() -> None:
     shape = procrustes_mean_baseline(
         truth(train, a), truth(test, b), 0, joint_names=joint_names(train)
     ).summary()
-    name = args.name or ",".join(args.set) or "base"
+    losses = dataclasses.replace(SUPERVISED_LOSSES, **parse_overrides(args.loss, SupervisedLosses, "--loss"))
+    name = args.name or ",".join(args.set + args.loss) or "base"
     tic = time.perf_counter()
     if args.method == "ours":
         run = folder / f"{name}-seed{args.seed}-{int(time.time())}"
         results, minutes = ours(run.parent, run.name, train, tests, config)
     else:
-        results, minutes = supervised(train, tests, config)
+        results, minutes = supervised(train, tests, config, losses)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:
         for r in results:
@@ -101,6 +111,7 @@ def main() -> None:
                 "world_version": version,
                 "world_seeds": list(world_seeds),
                 "overrides": args.set,
+                "loss_overrides": args.loss,
                 "regression": r["regression"],
                 "p_mpjpe_mm": r["p_mpjpe_mm"],
                 "pf_mpjpe_mm": r["pf_mpjpe_mm"],
