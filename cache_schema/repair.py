@@ -10,6 +10,7 @@ holds the store's writer lock (pipeline/store_lock.py): a repair is a write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,39 +32,64 @@ class ShardDamage:
     """Arrays whose file of this shard does not decode (removed by the repair)."""
     status: tuple[int, ...] | None
     """The shard's status codes as read, or None when the status chunk does not decode."""
+    errors: tuple[str, ...] = ()
+    """Why each array of `undecodable` does not decode, in the same order (one line each)."""
+    missing: tuple[tuple[str, str], ...] = ()
+    """(array, store key) of each file of a done sample that is not on disk."""
 
 
-def find_damaged_shards(store: CacheStore) -> list[ShardDamage]:
-    """Read every shard of every array back, and look up the files of done samples."""
+BlockCheck = Callable[[str, int, np.ndarray, "np.ndarray | None"], None]
+"""check(array, shard, block, status): called by `find_damaged_shards` with each block it
+decodes whose files are all on disk, and the shard's status codes (None when the status
+chunk does not decode), so that content checks ride on the same read."""
+
+
+def find_damaged_shards(store: CacheStore, check: BlockCheck | None = None) -> list[ShardDamage]:
+    """Read every shard of every array back once, and look up the files of done samples.
+
+    Status is read first in each shard: whether the shard holds a done sample decides
+    which missing files are damage, and `check` gets the codes with every block.
+    """
     layout = store.layout
+    names = ["status"] + [name for name in layout.arrays() if name != "status"]
     damaged = []
     for shard in range(layout.num_shards):
         start, stop = layout.shard_range(shard)
         findings: list[str] = []
         undecodable: list[str] = []
+        errors: list[str] = []
+        missing: dict[str, list[str]] = {}
         status = None
-        for name in layout.arrays():
+        for name in names:
             try:
                 block = np.asarray(store.array(name)[start:stop])
             except DECODE_ERRORS as exc:
                 undecodable.append(name)
-                why = " ".join(str(exc).split())
-                findings.append(f"{_keys(store, name, shard)} does not decode ({why})")
+                errors.append(" ".join(str(exc).split()))
+                findings.append(f"{_keys(store, name, shard)} does not decode ({errors[-1]})")
                 continue
             if name == "status":
                 status = block.astype(np.uint8)
+                if np.any(status == STATUS_DONE):
+                    # zarr reads a missing file as zeros: look the files up on disk.
+                    for array in store.per_sample_array_names():
+                        keys = store.missing_shard_files(array, shard)
+                        if keys:
+                            missing[array] = keys
+            if check is not None and name not in missing:
+                check(name, shard, block, status)
         if status is not None:
             unknown = np.setdiff1d(np.unique(status), list(STATUS_NAMES))
             if unknown.size:
                 keys = _keys(store, "status", shard)
                 findings.append(f"{keys} holds unknown status codes {unknown.tolist()}")
-            if np.any(status == STATUS_DONE):
-                for name in store.per_sample_array_names():
-                    if name not in undecodable:
-                        findings += [f"{key} is missing" for key in store.missing_shard_files(name, shard)]
+        absent = [(name, key) for name, keys in missing.items() if name not in undecodable for key in keys]
+        findings += [f"{key} is missing" for _, key in absent]
         if findings:
             codes = None if status is None else tuple(int(code) for code in status)
-            damaged.append(ShardDamage(shard, tuple(findings), tuple(undecodable), codes))
+            damaged.append(
+                ShardDamage(shard, tuple(findings), tuple(undecodable), codes, tuple(errors), tuple(absent))
+            )
     return damaged
 
 

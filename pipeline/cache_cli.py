@@ -314,8 +314,10 @@ def verify(
     features and cameras; exit 2 on a missing file or a store that does not open, 1 on
     another problem."""
     try:
-        repaired = store_repair.repair_store(store) if repair else []
-        report = store_report.verify_report(store)
+        if repair:  # one read of the store serves the repair and the report
+            repaired, report = store_repair.repair_store(store)
+        else:
+            repaired, report = [], store_report.verify_report(store)
     except (CacheError, OSError) as exc:
         fail(str(exc))
     for line in repaired:

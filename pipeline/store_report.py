@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from cache_schema import (
     CacheError,
     CacheStore,
 )
+from cache_schema.repair import ShardDamage, find_damaged_shards
 from stages.synthetic.versions import world_version
 
 
@@ -110,67 +111,106 @@ def verify_store(path: Path) -> tuple[list[str], int]:
 def verify_report(path: Path) -> VerifyReport:
     """Check that every file of every done sample exists, read every chunk back and check
     the contents. Raises CacheError when the store does not open (e.g. a damaged zarr.json)."""
-    store = CacheStore.open(path)
-    problems: list[str] = []
-    partial = sorted(store.path.rglob("*.partial"))
-    if partial:
-        problems.append(
-            f"{len(partial)} temporary files left by a killed writer (e.g. {partial[0]}); "
-            "rerunning generate removes them"
-        )
-    layout = store.layout
-    checked = 0
+    return scan_store(CacheStore.open(path)).report()
+
+
+@dataclass
+class StoreScan:
+    """One read of a whole store: what `verify` reports and what `verify --repair` marks
+    pending, so that repairing and verifying read the store once."""
+
+    store: CacheStore
+    partial: list[Path]
+    """Temporary files left by a killed writer."""
+    status: np.ndarray | None
+    """(S,) status codes, or None when status or failure_reason does not read."""
+    unreadable_status: str = ""
+    """Why status/failure_reason did not read; the contents were then not checked."""
+    reasons: np.ndarray | None = None
+    damage: list[ShardDamage] = field(default_factory=list)
+    """The damaged shards (cache_schema.repair.find_damaged_shards)."""
+    content: list[tuple[int, str]] = field(default_factory=list)
+    """(shard, finding) of the content checks of done samples."""
+    checked: int = 0
+    """Chunks read back, including those that do not decode."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether the contents were checked (status read); if not, a report after a
+        repair needs a new scan."""
+        return self.status is not None
+
+    def report(self, repaired: frozenset[int] = frozenset()) -> VerifyReport:
+        """The findings, leaving out those of the `repaired` shards: marked pending, none of
+        their samples is done any more, so nothing found in them still holds."""
+        layout = self.store.layout
+        problems: list[str] = []
+        if self.partial:
+            problems.append(
+                f"{len(self.partial)} temporary files left by a killed writer (e.g. {self.partial[0]}); "
+                "rerunning generate removes them"
+            )
+        if self.status is None or self.reasons is None:
+            findings = [f"status/failure_reason unreadable: {self.unreadable_status}"]
+            return VerifyReport([], problems + findings, 0, True)
+        kept = np.ones(layout.num_samples, dtype=bool)
+        for shard in repaired:
+            kept[slice(*layout.shard_range(shard))] = False
+        damage = [d for d in self.damage if d.shard not in repaired]
+        missing = []
+        for d in damage:
+            start, stop = layout.shard_range(d.shard)
+            done = int(np.sum(self.status[start:stop] == STATUS_DONE))
+            missing += [
+                f"{name} shard {d.shard} (samples {start}..{stop - 1}, {done} done): "
+                f"file {key} is missing; its done samples would read as zeros"
+                for name, key in d.missing
+            ]
+        bad_status = np.setdiff1d(np.unique(self.status[kept]), list(STATUS_NAMES))
+        if bad_status.size:
+            problems.append(f"status holds unknown codes {bad_status.tolist()}")
+        unexplained = (self.status == STATUS_FAILED) & (self.reasons == "") & kept
+        problems += [f"sample {i} is failed without a reason" for i in np.flatnonzero(unexplained)]
+        for d in damage:
+            start, stop = layout.shard_range(d.shard)
+            problems += [
+                f"{name} shard {d.shard} (samples {start}..{stop - 1}) unreadable: {why}"
+                for name, why in zip(d.undecodable, d.errors, strict=True)
+            ]
+        problems += [finding for shard, finding in self.content if shard not in repaired]
+        return VerifyReport(missing, problems, self.checked, bool(damage))
+
+
+def scan_store(store: CacheStore) -> StoreScan:
+    """Read every chunk of `store` once: its damaged shards and the content checks of its
+    done samples (intrinsics, rotations, camera distances, masks, NaNs, black views)."""
+    scan = StoreScan(store, sorted(store.path.rglob("*.partial")), None)
     try:
         status = store.statuses()
-        reasons = store.failure_reasons()
-    except CacheError as exc:  # a damaged status chunk is a finding
-        return VerifyReport([], problems + [f"status/failure_reason unreadable: {exc}"], checked, True)
-    absent = _missing_files(store, status)
-    missing = list(absent.values())
-    bad_status = np.setdiff1d(np.unique(status), list(STATUS_NAMES))
-    damaged = bool(missing) or bool(bad_status.size)
-    if bad_status.size:
-        problems.append(f"status holds unknown codes {bad_status.tolist()}")
-    for i in np.flatnonzero((status == STATUS_FAILED) & (reasons == "")):
-        problems.append(f"sample {i} is failed without a reason")
-    for name, spec in layout.arrays().items():
-        array = store.array(name)
-        for shard in range(layout.num_shards):
-            start, stop = layout.shard_range(shard)
-            try:
-                block = np.asarray(array[start:stop])
-            except Exception as exc:  # noqa: BLE001 - checksum or decode errors are findings
-                problems.append(f"{name} shard {shard} (samples {start}..{stop - 1}) unreadable: {exc}")
-                damaged = True
-                continue
-            checked += 1 if spec.shards or spec.chunks[0] > 1 else stop - start
-            done = status[start:stop] == STATUS_DONE
-            if not done.any() or spec.kind == "text" or (name, shard) in absent:
-                continue
-            problems += _check_block(name, block[done], start + np.flatnonzero(done), store)
-    return VerifyReport(missing, problems, checked, damaged)
+        scan.reasons = store.failure_reasons()
+    except CacheError as exc:  # a damaged status chunk is a finding; repair still needs the scan
+        scan.unreadable_status = str(exc)
+        scan.damage = find_damaged_shards(store)
+        return scan
+    scan.status = status
+    arrays = store.layout.arrays()
 
+    def check(name: str, shard: int, block: np.ndarray, _: np.ndarray | None) -> None:
+        spec = arrays[name]
+        start, stop = store.layout.shard_range(shard)
+        scan.checked += 1 if spec.shards or spec.chunks[0] > 1 else stop - start
+        done = status[start:stop] == STATUS_DONE
+        if done.any() and spec.kind != "text":
+            found = _check_block(name, block[done], start + np.flatnonzero(done), store)
+            scan.content += [(shard, finding) for finding in found]
 
-def _missing_files(store: CacheStore, status: np.ndarray) -> dict[tuple[str, int], str]:
-    """(array, shard) -> a finding, for each shard file of a done sample that is not on disk.
-
-    zarr reads a missing file as zeros, so reading the data back cannot tell; the files
-    are looked up on disk instead, by the keys the arrays' metadata gives.
-    """
-    found = {}
-    layout = store.layout
-    for shard in range(layout.num_shards):
-        start, stop = layout.shard_range(shard)
-        done = np.flatnonzero(status[start:stop] == STATUS_DONE)
-        if not done.size:
-            continue
-        for name in store.per_sample_array_names():
-            for key in store.missing_shard_files(name, shard):
-                found[(name, shard)] = (
-                    f"{name} shard {shard} (samples {start}..{stop - 1}, {done.size} done): "
-                    f"file {key} is missing; its done samples would read as zeros"
-                )
-    return found
+    scan.damage = find_damaged_shards(store, check)
+    for d in scan.damage:  # read too, though `check` did not see them
+        start, stop = store.layout.shard_range(d.shard)
+        for name in dict.fromkeys([*d.undecodable, *(name for name, _ in d.missing)]):
+            spec = arrays[name]
+            scan.checked += 1 if spec.shards or spec.chunks[0] > 1 else stop - start
+    return scan
 
 
 def _check_block(name: str, block: np.ndarray, indices: np.ndarray, store: CacheStore) -> list[str]:
@@ -183,10 +223,11 @@ def _check_block(name: str, block: np.ndarray, indices: np.ndarray, store: Cache
     size = store.layout.image_size
     if name == "intrinsics":
         fx, fy, cx, cy = block[..., 0, 0], block[..., 1, 1], block[..., 0, 2], block[..., 1, 2]
-        if np.any(fx <= 0) or np.any(fy <= 0) or np.any((cx < 0) | (cx > size) | (cy < 0) | (cy > size)):
+        bad = (fx <= 0) | (fy <= 0) | (cx < 0) | (cx > size) | (cy < 0) | (cy > size)  # (n, V)
+        if np.any(bad):
             out.append(
                 "intrinsics: non-positive focal or principal point outside the image in "
-                f"{indices[:5].tolist()}"
+                f"{indices[bad.reshape(len(block), -1).any(axis=1)][:5].tolist()}"
             )
     elif name == "world_to_camera":
         rot = block[..., :3, :3].astype(np.float64)

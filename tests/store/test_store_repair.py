@@ -125,3 +125,28 @@ def test_a_healthy_store_is_left_as_it_was(store):
     result = verify(store, "--repair")
     assert result.exit_code == 0 and "repair: no damaged shard found" in result.output
     assert files_of(store) == before
+
+
+def test_repair_and_report_read_the_store_once_and_keep_the_healthy_shards_findings(store, monkeypatch):
+    """A missing file in shard 1 is repaired; a bad camera in shard 0 (not damage: repair
+    leaves it) is still reported after the repair, from the same read of the store."""
+    import pipeline.store_report as store_report
+
+    shard_file(store, "views", 1).unlink()
+    opened = CacheStore.open(store, writable=True)
+    intrinsics = np.asarray(opened.array("intrinsics")[0:2])
+    intrinsics[1, 0, 0, 0] = -1.0
+    opened.array("intrinsics")[0:2] = intrinsics
+    scans = []
+    real = store_report.find_damaged_shards
+    monkeypatch.setattr(store_report, "find_damaged_shards", lambda *a: scans.append(1) or real(*a))
+
+    result = verify(store, "--repair")
+    assert len(scans) == 1
+    assert "repaired: shard 1 (samples 2..3): views/c/1/0/0/0/0 is missing" in result.output
+    problems = [line for line in result.output.splitlines() if line.startswith("problem: ")]
+    assert problems == [
+        "problem: intrinsics: non-positive focal or principal point outside the image in [1]"
+    ], result.output
+    assert result.exit_code == 1
+    assert CacheStore.open(store).statuses().tolist() == [1, 1, 0, 0]
