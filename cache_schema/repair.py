@@ -81,8 +81,8 @@ def find_damaged_shards(store: CacheStore, check: BlockCheck | None = None) -> l
         if status is not None:
             unknown = np.setdiff1d(np.unique(status), list(STATUS_NAMES))
             if unknown.size:
-                keys = _keys(store, "status", shard)
-                findings.append(f"{keys} holds unknown status codes {unknown.tolist()}")
+                status_keys = _keys(store, "status", shard)
+                findings.append(f"{status_keys} holds unknown status codes {unknown.tolist()}")
         absent = [(name, key) for name, keys in missing.items() if name not in undecodable for key in keys]
         findings += [f"{key} is missing" for _, key in absent]
         if findings:
