@@ -4,7 +4,7 @@ Run by `nox -s quality` as
 
     python benchmarks/bench_quality.py [--out bench-results/quality.json]
         [--categories humanoid,quadruped] [--train-samples N] [--test-samples N]
-        [--steps S] [--supervised-steps S] [--seeds 0,1] [--deep]
+        [--steps S] [--supervised-steps S] [--seeds 0,1] [--deep] [--threads N]
 
 For each category it renders a train cache of the synthetic world (version 2: parts
 dressed by class, a face) and two test caches (`TEST_SETS`):
@@ -66,6 +66,7 @@ from stages.keypoints.config import StageTwoConfig, preset
 from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import FitJob, build_model, fit
 from stages.synthetic.world import SyntheticWorldConfig
+from stages.threads import torch_threads
 
 
 def base_config(steps: int) -> StageTwoConfig:
@@ -198,7 +199,21 @@ def main() -> None:
     parser.add_argument(
         "--deep", action="store_true", help="also train the deep-encoder ablation row (about 12 more minutes)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads of the predictions, the regressors and the supervised bound (each fit "
+        "runs at the trainer's own default, 1); pinned so that OMP_NUM_THREADS cannot change the "
+        "rounding, and with it the numbers",
+    )
     args = parser.parse_args()
+    with torch_threads(args.threads):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The benchmark for parsed arguments (see `main`)."""
     seeds = [int(s) for s in args.seeds.split(",")]
     base = base_config(args.steps)
     rows: list[dict] = []
@@ -253,6 +268,7 @@ def main() -> None:
     record = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
+        "torch_threads": args.threads,
         "args": {k: str(v) for k, v in vars(args).items()},
         "stage_two_config": base.to_dict(),
         "minutes_total": (time.perf_counter() - started) / 60,
