@@ -29,6 +29,7 @@ from stages.evaluation.evaluate import procrustes_mean_baseline
 from stages.evaluation.supervised import SupervisedLosses
 from stages.keypoints.config import StageTwoConfig
 from stages.synthetic.world import SyntheticWorldConfig
+from stages.threads import torch_threads
 
 
 def parse_overrides(pairs: list[str], target: type = StageTwoConfig, option: str = "--set") -> dict[str, Any]:
@@ -74,10 +75,23 @@ def main() -> None:
         default=0,
         help="seed of the train cache; the test cache uses it + 1 (0: the quality benchmark's world)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads outside the fit (predictions, regressors, the bound); the screening "
+        "rows in the README ran at 1",
+    )
     parser.add_argument("--name", default=None)
     parser.add_argument("--work", type=Path, default=Path("bench-results/ablation-work"))
     parser.add_argument("--out", type=Path, default=Path("bench-results/ablation.jsonl"))
     args = parser.parse_args()
+    with torch_threads(args.threads):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """One ablation row for parsed arguments (see `main`)."""
     from bench_quality import base_config
 
     config = dataclasses.replace(base_config(args.steps), seed=args.seed, **parse_overrides(args.set))
@@ -110,6 +124,7 @@ def main() -> None:
                 "steps": args.steps,
                 "world_version": version,
                 "world_seeds": list(world_seeds),
+                "torch_threads": args.threads,
                 "overrides": args.set,
                 "loss_overrides": args.loss,
                 "regression": r["regression"],
