@@ -38,17 +38,16 @@ class ShardDamage:
     """(array, store key) of each file of a done sample that is not on disk."""
 
 
-BlockCheck = Callable[[str, int, np.ndarray, "np.ndarray | None"], None]
-"""check(array, shard, block, status): called by `find_damaged_shards` with each block it
-decodes whose files are all on disk, and the shard's status codes (None when the status
-chunk does not decode), so that content checks ride on the same read."""
+BlockCheck = Callable[[str, int, np.ndarray], None]
+"""check(array, shard, block): called by `find_damaged_shards` with each block it decodes
+whose files are all on disk, so that content checks ride on the same read."""
 
 
 def find_damaged_shards(store: CacheStore, check: BlockCheck | None = None) -> list[ShardDamage]:
     """Read every shard of every array back once, and look up the files of done samples.
 
     Status is read first in each shard: whether the shard holds a done sample decides
-    which missing files are damage, and `check` gets the codes with every block.
+    which missing files are damage, and so which blocks `check` sees.
     """
     layout = store.layout
     names = ["status"] + [name for name in layout.arrays() if name != "status"]
@@ -77,7 +76,7 @@ def find_damaged_shards(store: CacheStore, check: BlockCheck | None = None) -> l
                         if keys:
                             missing[array] = keys
             if check is not None and name not in missing:
-                check(name, shard, block, status)
+                check(name, shard, block)
         if status is not None:
             unknown = np.setdiff1d(np.unique(status), list(STATUS_NAMES))
             if unknown.size:

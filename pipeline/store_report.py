@@ -195,10 +195,15 @@ def scan_store(store: CacheStore) -> StoreScan:
     scan.status = status
     arrays = store.layout.arrays()
 
-    def check(name: str, shard: int, block: np.ndarray, _: np.ndarray | None) -> None:
+    def count_chunks(name: str, shard: int) -> None:
         spec = arrays[name]
         start, stop = store.layout.shard_range(shard)
         scan.checked += 1 if spec.shards or spec.chunks[0] > 1 else stop - start
+
+    def check(name: str, shard: int, block: np.ndarray) -> None:
+        count_chunks(name, shard)
+        start, stop = store.layout.shard_range(shard)
+        spec = arrays[name]
         done = status[start:stop] == STATUS_DONE
         if done.any() and spec.kind != "text":
             found = _check_block(name, block[done], start + np.flatnonzero(done), store)
@@ -206,10 +211,8 @@ def scan_store(store: CacheStore) -> StoreScan:
 
     scan.damage = find_damaged_shards(store, check)
     for d in scan.damage:  # read too, though `check` did not see them
-        start, stop = store.layout.shard_range(d.shard)
         for name in dict.fromkeys([*d.undecodable, *(name for name, _ in d.missing)]):
-            spec = arrays[name]
-            scan.checked += 1 if spec.shards or spec.chunks[0] > 1 else stop - start
+            count_chunks(name, d.shard)
     return scan
 
 
