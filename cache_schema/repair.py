@@ -70,7 +70,7 @@ def find_damaged_shards(store: CacheStore, check: BlockCheck | None = None) -> l
             if name == "status":
                 status = block.astype(np.uint8)
                 if np.any(status == STATUS_DONE):
-                    # zarr reads a missing file as zeros: look the files up on disk.
+                    # zarr reads a missing or empty file as zeros: look the files up on disk.
                     for array in store.per_sample_array_names():
                         keys = store.missing_shard_files(array, shard)
                         if keys:
@@ -83,7 +83,7 @@ def find_damaged_shards(store: CacheStore, check: BlockCheck | None = None) -> l
                 status_keys = _keys(store, "status", shard)
                 findings.append(f"{status_keys} holds unknown status codes {unknown.tolist()}")
         absent = [(name, key) for name, keys in missing.items() if name not in undecodable for key in keys]
-        findings += [f"{key} is missing" for _, key in absent]
+        findings += [f"{key} is missing or empty" for _, key in absent]
         if findings:
             codes = None if status is None else tuple(int(code) for code in status)
             damaged.append(

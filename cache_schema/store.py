@@ -41,6 +41,13 @@ UNFILLED = ("status", "failure_reason")
 DECODE_ERRORS = (ValueError, RuntimeError, OSError)
 
 
+def _has_bytes(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0 and path.is_file()
+    except FileNotFoundError:
+        return False
+
+
 def inputs_digest(sample_ids: Sequence[str]) -> str:
     return digest(list(sample_ids))
 
@@ -202,10 +209,12 @@ class CacheStore:
 
     def missing_shard_files(self, name: str, shard: int) -> list[str]:
         """Store keys ('views/c/1/0/0/0/0') of the files of one shard of one array that are
-        not on disk; zarr would read their samples as the fill value (zeros)."""
+        not on disk or empty; zarr reads their samples as the fill value (zeros) without an
+        error. A file zarr wrote is never empty (a chunk carries its checksum, a shard its
+        index), so an empty one is a write that never happened (a crash, a full disk)."""
         start, stop = self.layout.shard_range(shard)
         keys = shard_keys(self.array(name), start, stop)
-        return [f"{name}/{key}" for key in keys if not (self.path / name / key).is_file()]
+        return [f"{name}/{key}" for key in keys if not _has_bytes(self.path / name / key)]
 
     def require_shard_files(self, names: Sequence[str], shards: Sequence[int]) -> None:
         """Raise StoreDamagedError unless every file of these shards exists (call it only
@@ -219,7 +228,8 @@ class CacheStore:
                     start, stop = self.layout.shard_range(shard)
                     raise StoreDamagedError(
                         f"{self.path}: array {name} shard {shard} (samples {start}..{stop - 1}) has "
-                        f"done samples but no file {missing[0]}; they would read as zeros"
+                        f"done samples but its file {missing[0]} is missing or empty; they would read "
+                        "as zeros"
                     )
                 self._present.add((name, shard))
 

@@ -163,7 +163,7 @@ class StoreScan:
             done = int(np.sum(self.status[start:stop] == STATUS_DONE))
             missing += [
                 f"{name} shard {d.shard} (samples {start}..{stop - 1}, {done} done): "
-                f"file {key} is missing; its done samples would read as zeros"
+                f"file {key} is missing or empty; its done samples would read as zeros"
                 for name, key in d.missing
             ]
         bad_status = np.setdiff1d(np.unique(self.status[kept]), list(STATUS_NAMES))

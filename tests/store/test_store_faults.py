@@ -101,12 +101,18 @@ def test_the_reader_refuses_a_done_sample_whose_shard_file_is_missing(store):
     reader = CacheReader(store)
     assert reader.read_batch([0, 1], ("view_masks",))["view_masks"].max() == 1  # shard 0 is intact
     with pytest.raises(
-        StoreDamagedError, match=rf"{store}: array view_masks shard 1 .*no file view_masks/c/1"
+        StoreDamagedError, match=rf"{store}: array view_masks shard 1 .*its file view_masks/c/1"
     ):
         reader.read_batch([1, 2], ("views", "view_masks"))
     shard_file(store, "ground_truth/joints_3d", 1).unlink()
     with pytest.raises(StoreDamagedError, match="ground_truth/joints_3d shard 1"):
         reader.read_ground_truth([3])
+    # An empty file reads as zeros in zarr, without an error: refused like a missing one.
+    shard_file(store, "views", 0).write_bytes(b"")
+    with pytest.raises(
+        StoreDamagedError, match=r"array views shard 0 .*its file views/c/0\S* is missing or empty"
+    ):
+        CacheReader(store).read_batch([0], ("views",))
 
 
 def fit(store: Path, tmp_path: Path):
@@ -123,7 +129,7 @@ def fit(store: Path, tmp_path: Path):
 def test_fit_names_a_missing_shard_file_in_one_line(store, tmp_path):
     shard_file(store, "views", 1).unlink()
     line = one_error_line(fit(store, tmp_path))
-    assert f"{store}: array views shard 1 (samples 2..3) has done samples but no file views/c/1" in line
+    assert f"{store}: array views shard 1 (samples 2..3) has done samples but its file views/c/1" in line
 
 
 # -- 3. a damaged zarr.json is named, never trusted -------------------------------------

@@ -45,15 +45,19 @@ def assert_redone_like_a_fresh_run(path, fresh_store, redone: int):
         assert np.array_equal(fresh[name], repaired[name]), name  # generation is seeded per sample
 
 
-def test_a_missing_shard_file_is_marked_pending_and_redone(store, pristine):
-    shard_file(store, "views", 1).unlink()
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_missing_or_empty_shard_file_is_marked_pending_and_redone(store, pristine, damage):
+    # An empty file (a crash between creating and writing it) reads as zeros in zarr,
+    # without an error, exactly like a missing one.
+    target = shard_file(store, "views", 1)
+    target.unlink() if damage == "deleted" else target.write_bytes(b"")
     before = verify(store)
     assert before.exit_code == 2 and "--repair" in before.output, before.output
 
     result = verify(store, "--repair")
     assert result.exit_code == 0, result.output
     assert (
-        "repaired: shard 1 (samples 2..3): views/c/1/0/0/0/0 is missing; "
+        "repaired: shard 1 (samples 2..3): views/c/1/0/0/0/0 is missing or empty; "
         "marked 2 samples pending (2 were done, 0 failed)"
     ) in result.output
     assert "shard 0" not in result.output and "ok: no problems found" in result.output
@@ -143,7 +147,7 @@ def test_repair_and_report_read_the_store_once_and_keep_the_healthy_shards_findi
 
     result = verify(store, "--repair")
     assert len(scans) == 1
-    assert "repaired: shard 1 (samples 2..3): views/c/1/0/0/0/0 is missing" in result.output
+    assert "repaired: shard 1 (samples 2..3): views/c/1/0/0/0/0 is missing or empty" in result.output
     problems = [line for line in result.output.splitlines() if line.startswith("problem: ")]
     assert problems == [
         "problem: intrinsics: non-positive focal or principal point outside the image in [1]"
