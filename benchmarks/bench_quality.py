@@ -7,7 +7,7 @@ Run by `nox -s quality` as
         [--steps S] [--supervised-steps S] [--seeds 0,1] [--deep] [--threads N]
 
 For each category it renders a train cache of the synthetic world (version 2: parts
-dressed by class, a face) and two test caches (`TEST_SETS`):
+dressed by class, a face) and two test caches (`quality_report.TEST_SETS`):
 - held-out motions: other clips (humanoid) or the clip's last 30% (quadruped);
 - seen motions: new draws (time, yaw, appearance, light) of the training clips, as
   Human3.6M's protocol tests unseen subjects performing the actions it trained on.
@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from quality_report import check_targets, per_clip_tables, per_joint_tables, results_table
+
 from cache_schema import CacheReader
 from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig
@@ -65,6 +67,7 @@ from stages.keypoints.checkpoint import load_run
 from stages.keypoints.config import StageTwoConfig, preset
 from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import FitJob, build_model, fit
+from stages.manipulation.frame_pairs import clip_moments
 from stages.synthetic.world import SyntheticWorldConfig
 from stages.threads import torch_threads
 
@@ -100,10 +103,20 @@ def joint_names(cache: Path) -> tuple[str, ...]:
     return tuple(CacheReader(cache).layout.ground_truth.joint_names)
 
 
-TEST_SETS = ("held-out motions", "seen motions")
-"""The two test caches: other clips (the humanoid) or a later segment (the quadruped), and
-new draws (time, yaw, appearance, light) of the training clips, as Human3.6M's protocol
-tests unseen subjects on the actions it trained on."""
+def motion_clips(cache: Path, indices: Any) -> list[str]:
+    """The motion clip each of the cache's samples `indices` shows ('walk', 'laikago_walk').
+
+    A render cache does not store it: it is drawn again from the world's seed and the
+    sample id, as the renderer drew it."""
+    reader = CacheReader(cache)
+    ids = [str(i) for i in reader.sample_ids()[list(indices)]]
+    moments = clip_moments(reader.store.metadata.source["world"], ids)
+    return [m.clip.removeprefix("humanoid3d_") for m in moments]
+
+
+def summarised(result: Any, clips: list[str]) -> dict:
+    """A result's JSON summary with its errors per motion clip ("per_clip_mm")."""
+    return {**result.summary(), "per_clip_mm": result.by_group(clips)}
 
 
 def keypoint_rows(model: Any, num_views: int, train: Path, tests: dict[str, Path]) -> list[dict]:
@@ -121,7 +134,8 @@ def keypoint_rows(model: Any, num_views: int, train: Path, tests: dict[str, Path
             joint_names=names,
         )  # fmt: skip
         consistency = keypoint_joint_consistency(b["keypoints_3d"], test_joints).mean_consistency
-        rows += [{**r.summary(), "test": label, "consistency": consistency} for r in results]
+        clips = motion_clips(cache, b["index"])
+        rows += [{**summarised(r, clips), "test": label, "consistency": consistency} for r in results]
     return rows
 
 
@@ -165,7 +179,7 @@ def supervised(
     for label, cache in tests.items():
         b = predict_cache(model, cache, config.num_views)
         result = score("direct", b["keypoints_3d"], truth(cache, b["index"]), 0, joint_names=names)
-        rows.append({**result.summary(), "test": label})
+        rows.append({**summarised(result, motion_clips(cache, b["index"])), "test": label})
     return rows, minutes
 
 
@@ -230,6 +244,7 @@ def run(args: argparse.Namespace) -> None:
         for label, test in tests.items():
             b = CacheReader(test).done_indices()
             known, unseen = truth(train, a), truth(test, b)
+            clips = motion_clips(test, b)
             for method, baseline in (
                 ("mean pose", mean_pose_baseline(known, unseen, 0, joint_names=names)),
                 ("Procrustes mean", procrustes_mean_baseline(known, unseen, 0, joint_names=names)),
@@ -238,7 +253,8 @@ def run(args: argparse.Namespace) -> None:
                     nearest_training_pose_baseline(known, unseen, 0, joint_names=names),
                 ),
             ):
-                rows += tagged([{**baseline.summary(), "test": label}], category, method, "-", "-", "-", 0.0)
+                row = {**summarised(baseline, clips), "test": label}
+                rows += tagged([row], category, method, "-", "-", "-", 0.0)
         for seed in seeds:
             results, minutes = ours(
                 folder, f"ours-seed{seed}", train, tests, dataclasses.replace(base, seed=seed)
@@ -280,106 +296,9 @@ def run(args: argparse.Namespace) -> None:
     report = args.out.with_suffix(".md")
     report.write_text(
         "# Quality on the synthetic world\n\n" + table + "\n\n" + "\n".join(f"- {t}" for t in targets)
-        + "\n\n" + per_joint_tables(rows) + "\n"
+        + "\n\n" + per_joint_tables(rows) + "\n" + per_clip_tables(rows) + "\n"
     )  # fmt: skip
     print(f"wrote {args.out} and {report} ({record['minutes_total']:.1f} min)")
-
-
-def results_table(rows: list[dict]) -> str:
-    """A markdown table: one row per (category, test set, method, seed, regression); errors in mm."""
-    lines = [
-        "| category | test set | method | K | kp | seed | regression | MPJPE | N-MPJPE | P-MPJPE "
-        "| flip-aware P-MPJPE | consistency | train min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(rows, key=lambda r: (r["category"], TEST_SETS.index(r["test"]))):
-        consistency = f"{r['consistency']:.2f}" if "consistency" in r else "-"
-        framed = r["method"] not in ("Procrustes mean", "nearest training pose")
-        mpjpe = f"{r['mpjpe_mm']:.1f}" if framed else "-"
-        n_mpjpe = f"{r['n_mpjpe_mm']:.1f}" if framed else "-"
-        lines.append(
-            f"| {r['category']} | {r['test']} | {r['method']} | {r['views']} | {r['kp']} | {r['seed']} "
-            f"| {r['regression']} | {mpjpe} | {n_mpjpe} | {r['p_mpjpe_mm']:.1f} | {r['pf_mpjpe_mm']:.1f} "
-            f"| {consistency} | {r['minutes']:.1f} |"
-        )
-    return "\n".join(lines)
-
-
-def per_joint_tables(rows: list[dict]) -> str:
-    """Per category and test set, flip-aware P-MPJPE per joint (mm) of the supervised bound,
-    ours + MLP (first seed) and the Procrustes mean shape."""
-    out = []
-    for category in sorted({r["category"] for r in rows}):
-        for label in TEST_SETS:
-            picked = {}
-            for r in rows:
-                if r["category"] != category or r["test"] != label:
-                    continue
-                if r["method"] in ("Procrustes mean", "supervised"):
-                    picked[r["method"]] = r
-                elif r["method"] == "ours" and r["regression"] == "mlp" and "ours + MLP" not in picked:
-                    picked["ours + MLP"] = r
-            if not picked:
-                continue
-            names = list(next(iter(picked.values()))["per_joint_by_name_mm"])
-            out.append(f"## {category}, {label}: flip-aware P-MPJPE per joint (mm)\n")
-            out.append("| joint | " + " | ".join(picked) + " |")
-            out.append("|---|" + "---|" * len(picked))
-            for name in names:
-                values = " | ".join(
-                    f"{r['per_joint_by_name_mm'][name]['pf_mpjpe']:.1f}" for r in picked.values()
-                )
-                out.append(f"| {name} | {values} |")
-            out.append("")
-    return "\n".join(out)
-
-
-def check_targets(rows: list[dict]) -> list[str]:
-    """The issue's targets, stated as met or MISSED per category and test set (never asserted).
-
-    Against the Procrustes mean shape's P-MPJPE (the constant to beat): the supervised bound
-    at most 0.5x; ours + MLP at most 0.8x for the humanoid and below 1x for the quadruped;
-    K = 4 better than K = 1 and than the untrained network (MLP, worst seed of ours). The
-    bound is trained flip-invariant, so it picks its own left/right convention: it is judged
-    on the flip-aware P-MPJPE against the mean shape's flip-aware P-MPJPE, and its plain
-    P-MPJPE is printed beside it."""
-    lines = []
-    for category in sorted({r["category"] for r in rows}):
-        for label in TEST_SETS:
-            mine = [r for r in rows if r["category"] == category and r["test"] == label]
-            if not mine:
-                continue
-
-            def first(method: str, metric: str = "p_mpjpe_mm", mine: list[dict] = mine) -> float:
-                found = [
-                    r[metric]
-                    for r in mine
-                    if r["method"] == method and r["regression"] in ("mlp", method, "direct")
-                ]
-                return found[0]
-
-            shape, bound = first("Procrustes mean"), first("supervised")
-            shape_flip = first("Procrustes mean", "pf_mpjpe_mm")
-            bound_flip = first("supervised", "pf_mpjpe_mm")
-            mlp = [r["p_mpjpe_mm"] for r in mine if r["method"] == "ours" and r["regression"] == "mlp"]
-            k1, control = first("K=1"), first("untrained")
-            ratio = 0.8 if category == "humanoid" else 1.0
-            worst = max(mlp)
-
-            def verdict(ok: bool) -> str:
-                return "met" if ok else "MISSED"
-
-            lines.append(
-                f"{category}, {label}: supervised flip-aware {bound_flip:.1f} = "
-                f"{bound_flip / shape_flip:.2f}x the Procrustes mean shape's {shape_flip:.1f} "
-                f"(target <= 0.5x): "
-                f"{verdict(bound_flip <= 0.5 * shape_flip)} (plain P-MPJPE {bound:.1f} = "
-                f"{bound / shape:.2f}x); ours+MLP "
-                f"{', '.join(f'{v:.1f}' for v in mlp)} = {worst / shape:.2f}x at worst (target <= {ratio}x): "
-                f"{verdict(worst <= ratio * shape)}; K=4 {worst:.1f} vs K=1 {k1:.1f}: {verdict(worst < k1)}; "
-                f"vs untrained {control:.1f}: {verdict(worst < control)}"
-            )
-    return lines
 
 
 if __name__ == "__main__":

@@ -264,3 +264,24 @@ def test_nearest_training_pose_finds_a_moved_copy_and_not_an_unseen_pose():
     np.testing.assert_array_equal(nearest.predictions, one_chunk.predictions)
     with pytest.raises(ValueError, match="train_joints and test_joints"):
         nearest_training_pose_baseline(train[:, :5], unseen, 0, joint_names=names)
+
+
+def test_errors_by_group_split_the_overall_mean_by_motion():
+    from stages.evaluation.evaluate import score
+
+    rng = np.random.default_rng(4)
+    truth = rng.normal(size=(9, 5, 3)) * 0.3
+    names = [f"joint{j}" for j in range(5)]
+    predictions = truth.copy()
+    predictions[6:] = rng.normal(size=(3, 5, 3)) * 0.3  # only the "crawl" samples are wrong
+    result = score("test", predictions, truth, 0, joint_names=names)
+    groups = ["walk"] * 6 + ["crawl"] * 3
+    by_clip = result.by_group(groups)
+    assert list(by_clip) == ["crawl", "walk"]
+    assert by_clip["walk"]["samples"] == 6 and by_clip["walk"]["p_mpjpe"] < 1e-6
+    assert by_clip["crawl"]["p_mpjpe"] > 10
+    # Sample-weighted, the groups give back the overall means.
+    weighted = sum(g["samples"] * g["pf_mpjpe"] for g in by_clip.values()) / 9
+    assert weighted == pytest.approx(result.pf_mpjpe.overall_mm)
+    with pytest.raises(ValueError, match="groups must label the 9 test samples"):
+        result.by_group(groups[:-1])

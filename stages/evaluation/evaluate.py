@@ -87,6 +87,28 @@ class RegressionResult:
             },
         }
 
+    def by_group(self, groups: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Mean P-MPJPE and flip-aware P-MPJPE (mm) over the test samples of each group.
+
+        groups (S,) labels each test sample, e.g. with the motion clip it shows: a mean
+        over a whole test set can hide a method that beats the constant on some motions
+        and loses badly on one. Groups come in sorted order, each with its sample count.
+        """
+        labels = np.asarray(groups)
+        if labels.shape != self.p_mpjpe.per_sample_mm.shape:
+            raise ValueError(
+                f"groups must label the {len(self.p_mpjpe.per_sample_mm)} test samples, got {labels.shape}"
+            )
+        out = {}
+        for group in sorted(set(labels.tolist())):
+            chosen = labels == group
+            out[str(group)] = {
+                "samples": int(chosen.sum()),
+                "p_mpjpe": float(self.p_mpjpe.per_sample_mm[chosen].mean()),
+                "pf_mpjpe": float(self.pf_mpjpe.per_sample_mm[chosen].mean()),
+            }
+        return out
+
 
 def score(
     regression: str,
