@@ -12,7 +12,7 @@ dressed by class, a face) and two test caches (`quality_report.TEST_SETS`):
 - seen motions: new draws (time, yaw, appearance, light) of the training clips, as
   Human3.6M's protocol tests unseen subjects performing the actions it trained on.
 Regressors are fitted on the train cache and scored on each test set. Rows:
-- ours: the cpu preset at --steps (N = 18, K = 4, keypoints started spread, pixel
+- ours: the cpu preset at --steps (N = 32, K = 4, keypoints started spread, pixel
   features from the shallow encoder: render caches hold no diffusion features; SSIM
   reconstruction loss: no VGG weights can be downloaded here), + linear and + 2-hidden-
   layer MLP, one row per seed;

@@ -14,6 +14,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from pipeline.demo import DemoConfig, run_demo  # noqa: E402
 from pipeline.main_cli import app  # noqa: E402
+from stages.keypoints.config import PRESETS  # noqa: E402
 
 TINY_MODEL = {
     "num_keypoints": 6,
@@ -75,7 +76,8 @@ def test_demo_command_with_the_cpu_preset_prints_a_summary(tmp_path):
     assert result.exit_code == 0, result.output
     assert "demo done in" in result.output and "P-MPJPE" in result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["stage_two"]["num_keypoints"] == 18
+    assert summary["steps"] == 2
+    assert summary["stage_two"]["num_keypoints"] == PRESETS["cpu"].num_keypoints == 32
     assert all(np.isfinite(r["p_mpjpe_mm"]) for r in summary["results"])
     assert all(r["pf_mpjpe_mm"] <= r["p_mpjpe_mm"] + 1e-9 for r in summary["results"] + summary["baselines"])
     assert "flip-aware" in result.output and "keypoint consistency" in result.output
