@@ -194,8 +194,9 @@ PRESETS: dict[str, StageTwoConfig] = {
     # benchmark does not use, ours + MLP fell from 187.8 to 180.3 mm (humanoid, mean of
     # seeds 2-4) and from 19.4 to 16.0 mm (quadruped, seed 2); README, same section.
     # 32 keypoints instead of 18: ours + MLP fell on every screening run (humanoid seeds
-    # 2-5, mean 185.6 -> 180.2 mm; quadruped seeds 2 and 3), for about 15% more time
-    # per step (the edge maps search 496 pairs instead of 153); README, fourth screening.
+    # 2-5, mean 185.6 -> 180.2 mm; quadruped seeds 2 and 3). A step costs 70% more alone
+    # on one thread (0.41 vs 0.24 s; 496 keypoint pairs instead of 153); README, fourth
+    # screening and the quality benchmark.
     "cpu": StageTwoConfig(
         num_keypoints=32,
         keypoint_spread=0.5,
