@@ -20,6 +20,7 @@ from pipeline.generate import GenerateJob, run_generate
 from pipeline.main_cli import app as main_app
 from pipeline.train_cli import app as train_app
 from stages.config import GenerationConfig, OrbitConfig
+from stages.keypoints.config import PRESETS
 
 try:  # recent typer ships its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -110,7 +111,9 @@ def test_the_quick_look_block_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads((tmp_path / "predictions" / "keypoints.json").read_text())
     (prediction,) = record["predictions"]
-    assert len(prediction["keypoints_2d"]) == 18 and (tmp_path / "example-preview.png").is_file()
+    # fit's default preset is cpu: one 2D point per keypoint it discovers.
+    assert len(prediction["keypoints_2d"]) == PRESETS["cpu"].num_keypoints
+    assert (tmp_path / "example-preview.png").is_file()
 
 
 def test_the_pipeline_figure_draws(tmp_path):
