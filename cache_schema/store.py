@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,12 @@ DECODE_ERRORS = (ValueError, RuntimeError, OSError)
 
 
 def _has_bytes(path: Path) -> bool:
+    """Whether `path` is a regular file holding at least one byte (one stat call)."""
     try:
-        return path.stat().st_size > 0 and path.is_file()
+        info = path.stat()
     except FileNotFoundError:
         return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0
 
 
 def inputs_digest(sample_ids: Sequence[str]) -> str:
