@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from stages.errors import ConfigError
 
@@ -46,3 +47,17 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run the block with numpy's BLAS (OpenBLAS, MKL) on one thread, then restore it.
+
+    The torch pin above does not reach numpy's BLAS, which splits a least-squares solve or
+    a large product by its own thread count: the linear regressor's weights differed in
+    the 16th significant digit between 1 and 2 BLAS threads, and its scores in the 14th.
+    Evaluation's numpy work is small (thousands of samples), so one thread costs nothing
+    and makes the bits independent of the machine's cores and of OPENBLAS_NUM_THREADS.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

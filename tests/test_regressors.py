@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from stages.errors import ConfigError
 from stages.evaluation.errors import RegressorError, ShapeError
@@ -17,6 +18,7 @@ from stages.evaluation.regressors import (
     flatten_keypoints,
     unflatten_joints,
 )
+from stages.threads import single_threaded_blas
 
 # Small enough to fit in well under a second per MLP.
 TINY_MLP = {"hidden": 32, "epochs": 40, "batch_size": 32, "lr": 3e-3}
@@ -192,3 +194,28 @@ def test_mlp_hidden_layer_count_builds_that_many_relus(nonlinear_split):
     network = MLPRegressor(hidden=8, hidden_layers=3, epochs=1).fit(x[:10], y[:10]).network
     assert sum(isinstance(m, torch.nn.ReLU) for m in network) == 3
     assert sum(isinstance(m, torch.nn.Linear) for m in network) == 4
+
+
+def test_linear_regressor_bits_do_not_depend_on_blas_threads():
+    # At this size OpenBLAS splits the least-squares solve by its thread count: without the
+    # pin, 1 and 2 threads gave weights that differ in the last bits.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2000, 96)), rng.normal(size=(2000, 48))
+    fitted = {}
+    for threads in (2, 1):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            regressor = LinearRegressor().fit(x, y)
+            fitted[threads] = (regressor.weights, regressor.predict(x[:500]))
+    assert fitted[1][0].tobytes() == fitted[2][0].tobytes()
+    assert fitted[1][1].tobytes() == fitted[2][1].tobytes()
+
+
+def test_single_threaded_blas_restores_the_callers_limits():
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        with single_threaded_blas():
+            assert all(n == 1 for n in blas_threads())
+        assert blas_threads() == before

@@ -9,7 +9,8 @@ D_in = N * 3, D_out = J * 3).
 Targets are the ABSOLUTE joints in the cache's frame: the metrics do any root centring
 and alignment, so one regressor serves MPJPE, N-MPJPE and P-MPJPE alike.
 
-- `LinearRegressor`: least squares with a bias (optionally ridge), numpy float64.
+- `LinearRegressor`: least squares with a bias (optionally ridge), numpy float64, on one
+  BLAS thread so that its bits do not depend on the machine's core count.
 - `MLPRegressor`: the paper's "2 hid MLP", in torch on the CPU (it is small; the CPU also
   makes it bit-for-bit deterministic for a seed).
 """
@@ -32,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from stages.errors import ConfigError
 from stages.evaluation.errors import RegressorError
 from stages.evaluation.shapes import require_finite, require_shape
-from stages.threads import torch_threads
+from stages.threads import single_threaded_blas, torch_threads
 
 Progress = Callable[[int, int], None]
 """Called with (epochs done, epochs in all) after every epoch."""
@@ -100,9 +101,10 @@ class LinearRegressor:
             y_centred = np.concatenate([y_centred, np.zeros((input_dim, y_array.shape[1]))])
         # Rank-deficient x (more inputs than samples, a constant keypoint) gets the
         # minimum-norm solution rather than an error.
-        weights, *_ = np.linalg.lstsq(x_centred, y_centred, rcond=None)
+        with single_threaded_blas():
+            weights, *_ = np.linalg.lstsq(x_centred, y_centred, rcond=None)
+            self.bias = y_mean - x_mean @ weights
         self.weights = weights
-        self.bias = y_mean - x_mean @ weights
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -110,7 +112,8 @@ class LinearRegressor:
         if self.weights is None or self.bias is None:
             raise RegressorError("LinearRegressor.predict called before fit")
         x_array = _check_inputs(x, self.weights.shape[0])
-        return x_array @ self.weights + self.bias
+        with single_threaded_blas():
+            return x_array @ self.weights + self.bias
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description (nested lists of floats); `from_dict` restores it exactly."""
