@@ -16,7 +16,11 @@ from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.train_cli import app  # noqa: E402
 from stages.config import GenerationConfig  # noqa: E402
 from stages.evaluation.evaluate import EvalConfig, mean_pose_baseline, regress_and_score  # noqa: E402
-from stages.evaluation.supervised import SupervisedLosses, train_supervised  # noqa: E402
+from stages.evaluation.supervised import (  # noqa: E402
+    SupervisedLosses,
+    joint_half_extent,
+    train_supervised,
+)
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
@@ -145,6 +149,33 @@ def test_supervised_batches_read_ahead_by_a_worker_give_the_same_losses(split_ca
         )
         runs.append(losses)
     assert [step for step, _ in runs[0]] == [1, 2, 3, 4, 5, 6] and runs[0] == runs[1]
+
+
+def test_joint_half_extent_holds_the_joints_and_never_passes_the_frustum():
+    joints = np.array([[[0.1, -0.3, 0.2], [0.05, 0.25, -0.1]]])
+    assert joint_half_extent(joints, 1.0, 1.2) == pytest.approx(0.36)
+    assert joint_half_extent(joints, 0.3, 1.2) == 0.3
+    with pytest.raises(ValueError, match="joint_extent_margin"):
+        SupervisedLosses(joint_extent_margin=-1.0)
+
+
+def test_supervised_bound_with_a_joint_margin_lifts_into_a_cube_around_the_joints(split_caches):
+    from cache_schema import CacheReader
+    from stages.keypoints.training import build_model
+
+    reader = CacheReader(split_caches["train"])
+    joints = reader.read_ground_truth(reader.done_indices().tolist())["joints_3d"]
+    config = StageTwoConfig(
+        **{**TINY.to_dict(), "num_keypoints": joints.shape[1], "steps": 1, "batch_size": 4}
+    )
+    frustum = build_model(config, (split_caches["train"],))[0].config.volume_half_extent
+    # A margin small enough to shrink the cube, and one too large for it to pass the frustum.
+    small = 0.5 * frustum / np.abs(joints).max()
+    for margin, expected in ((small, 0.5 * frustum), (100.0, frustum)):
+        losses = SupervisedLosses(joint_extent_margin=margin)
+        model = train_supervised(config, [split_caches["train"]], losses=losses)
+        assert model.config.volume_half_extent == pytest.approx(expected)
+        assert np.abs(model.voxel_centres.numpy()).max() < expected
 
 
 @pytest.mark.parametrize("losses", [{}, {"flip_invariant": True}])

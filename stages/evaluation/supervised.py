@@ -6,6 +6,7 @@ trainer (stages/keypoints/training.py), which must never read it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,16 @@ from cache_schema import CacheError, CacheReader
 from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
 from stages.keypoints import geometry
 from stages.keypoints.config import StageTwoConfig
-from stages.keypoints.data import CacheTrainingSet, ErrorsAsValues, StepBatchSampler, keep_batch
+from stages.keypoints.data import (
+    CacheTrainingSet,
+    ErrorsAsValues,
+    StepBatchSampler,
+    keep_batch,
+    summarise_caches,
+)
 from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
-from stages.keypoints.training import apply_learning_rate, build_model
+from stages.keypoints.training import apply_learning_rate, build_model, frustum_half_extent
 
 
 class GroundTruthTrainingSet(CacheTrainingSet):
@@ -41,7 +48,8 @@ class GroundTruthTrainingSet(CacheTrainingSet):
 
 @dataclass(frozen=True)
 class SupervisedLosses:
-    """Weights of the supervised terms; dense terms give every voxel and pixel a target.
+    """How the bound is trained: the weights of its terms (dense terms give every voxel and
+    pixel a target), their widths, the flip invariance and the extent of its grid.
 
     The squared distance of the soft-argmax alone only says where the mean of each
     keypoint's distribution should move; a network that cannot yet tell the left wrist
@@ -56,6 +64,11 @@ class SupervisedLosses:
     heatmap_ce: float = 1.0
     """Cross-entropy of per-view 2D joint heatmaps (an auxiliary head on the view features)
     against a Gaussian at the joint's projection: supervises the features view by view."""
+    joint_extent_margin: float = 0.0
+    """0: the voxel cube is ours, the view frustum at the orbit centre. m > 0: the cube
+    shrinks to m times the largest |coordinate| of the training joints, when that is
+    smaller, so the same voxels are finer where the joints can be. The bound may read
+    the training joints; ours may not, so it keeps the frustum."""
     voxel_sigma: float = 1.0
     """Width of the voxel target, in voxels."""
     heatmap_sigma: float = 1.0
@@ -70,6 +83,8 @@ class SupervisedLosses:
         for name in ("distance", "voxel_ce", "heatmap_ce"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.joint_extent_margin < 0:
+            raise ValueError(f"joint_extent_margin must be >= 0, got {self.joint_extent_margin}")
         if not (self.voxel_sigma > 0 and self.heatmap_sigma > 0):
             raise ValueError("voxel_sigma and heatmap_sigma must be > 0")
 
@@ -110,6 +125,22 @@ def heatmap_cross_entropy_per_sample(logits: torch.Tensor, uv: torch.Tensor, sig
     distance_sq = (v[:, None] - uv[..., 1, None, None]) ** 2 + (u[None, :] - uv[..., 0, None, None]) ** 2
     target = _soft_target(distance_sq.flatten(-2), sigma)
     return -(target * torch.log_softmax(logits.flatten(-2), dim=-1)).sum(-1).mean(dim=(1, 2))
+
+
+def joint_half_extent(joints: np.ndarray, frustum_half_extent: float, margin: float) -> float:
+    """Half side of the cube about the origin that holds joints (S, J, 3) with a margin:
+    margin * max |coordinate|, but never more than frustum_half_extent."""
+    return min(frustum_half_extent, margin * float(np.abs(joints).max()))
+
+
+def training_joints(caches: Sequence[Path]) -> np.ndarray:
+    """The ground-truth joints (S, J, 3) of every done sample of the caches."""
+    return np.concatenate(
+        [
+            reader.read_ground_truth(reader.done_indices().tolist())["joints_3d"]
+            for reader in (CacheReader(cache) for cache in caches)
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -163,6 +194,10 @@ def train_supervised(
 
     config.num_keypoints must equal the number of ground-truth joints. progress(step, loss).
     """
+    if losses.joint_extent_margin > 0:
+        frustum = frustum_half_extent(summarise_caches(caches, config.num_views, config.feature_source))
+        extent = joint_half_extent(training_joints(caches), frustum, losses.joint_extent_margin)
+        config = dataclasses.replace(config, volume_half_extent=extent)
     model, _ = build_model(config, tuple(caches))
     dataset = GroundTruthTrainingSet(
         caches,

@@ -19,6 +19,7 @@ from stages.devices import resolve_device
 from stages.keypoints.checkpoint import RUN_CONFIG, latest_checkpoint, save_checkpoint
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import (
+    CacheSummary,
     CacheTrainingSet,
     ErrorsAsValues,
     StepBatchSampler,
@@ -70,12 +71,16 @@ class FitSummary:
         return self.wait_seconds / self.seconds if self.seconds else 0.0
 
 
+def frustum_half_extent(summary: CacheSummary) -> float:
+    """The default half side of the voxel cube: the half-width of the view frustum at the
+    orbit centre, radius * tan(fov / 2), which holds whatever the cameras frame."""
+    return summary.camera_radius * math.tan(math.radians(summary.fov_deg) / 2.0)
+
+
 def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDiff3DModel, dict[str, Any]]:
     """The initialised model for these caches (seeded by config.seed) and the run's data record."""
     summary = summarise_caches(caches, config.num_views, config.feature_source)
-    half_extent = config.volume_half_extent or summary.camera_radius * math.tan(
-        math.radians(summary.fov_deg) / 2.0
-    )
+    half_extent = config.volume_half_extent or frustum_half_extent(summary)
     # Seed inside a forked RNG state: building a model must not reseed the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
