@@ -10,7 +10,9 @@ train cache; 'supervised' scores its keypoints directly). Appends one JSON line 
 regression to --out, with the Procrustes mean shape beside it, and prints them. Used to
 screen objective changes on seeds the quality benchmark does not use (it uses model seeds
 0 and 1 and world seeds 0 and 1): --seed picks the model's, --world-seed N renders the
-train cache with seed N and the test cache with N + 1.
+train cache with seed N and the test cache with N + 1. --benchmark-bound gives --method
+supervised the benchmark's bound settings (`bench_quality.BoundSettings`, all but its
+steps), so that a row of the bound needs no --set to match it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_quality import SUPERVISED_LOSSES, joint_names, ours, render, supervised, truth
+from bench_quality import (
+    SUPERVISED_LOSSES,
+    BoundSettings,
+    base_config,
+    bound_setup,
+    joint_names,
+    ours,
+    render,
+    supervised,
+    truth,
+)
 
 from cache_schema import CacheReader
 from stages.evaluation.evaluate import procrustes_mean_baseline
@@ -82,6 +94,12 @@ def main() -> None:
         help="torch threads outside the fit (predictions, regressors, the bound); the screening "
         "rows in the README ran at 1",
     )
+    parser.add_argument(
+        "--benchmark-bound",
+        action="store_true",
+        help="with --method supervised: the quality benchmark's bound (keypoints start at the "
+        "centre, its grid and cube; not its steps) before --set and --loss",
+    )
     parser.add_argument("--name", default=None)
     parser.add_argument("--work", type=Path, default=Path("bench-results/ablation-work"))
     parser.add_argument("--out", type=Path, default=Path("bench-results/ablation.jsonl"))
@@ -92,9 +110,12 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     """One ablation row for parsed arguments (see `main`)."""
-    from bench_quality import base_config
-
-    config = dataclasses.replace(base_config(args.steps), seed=args.seed, **parse_overrides(args.set))
+    config, losses = base_config(args.steps), SUPERVISED_LOSSES
+    if args.benchmark_bound:
+        if args.method != "supervised":
+            raise SystemExit("--benchmark-bound: only with --method supervised")
+        config, losses = bound_setup(config, args.seed, BoundSettings(steps=args.steps))
+    config = dataclasses.replace(config, seed=args.seed, **parse_overrides(args.set))
     version = args.world_version or SyntheticWorldConfig().version
     folder = args.work / f"{args.category}-v{version}"
     world_seeds = (args.world_seed, args.world_seed + 1)
@@ -105,8 +126,8 @@ def run(args: argparse.Namespace) -> None:
     shape = procrustes_mean_baseline(
         truth(train, a), truth(test, b), 0, joint_names=joint_names(train)
     ).summary()
-    losses = dataclasses.replace(SUPERVISED_LOSSES, **parse_overrides(args.loss, SupervisedLosses, "--loss"))
-    name = args.name or ",".join(args.set + args.loss) or "base"
+    losses = dataclasses.replace(losses, **parse_overrides(args.loss, SupervisedLosses, "--loss"))
+    name = args.name or ",".join(["benchmark-bound"] * args.benchmark_bound + args.set + args.loss) or "base"
     tic = time.perf_counter()
     if args.method == "ours":
         run = folder / f"{name}-seed{args.seed}-{int(time.time())}"
@@ -127,6 +148,7 @@ def run(args: argparse.Namespace) -> None:
                 "torch_threads": args.threads,
                 "overrides": args.set,
                 "loss_overrides": args.loss,
+                "benchmark_bound": args.benchmark_bound,
                 "regression": r["regression"],
                 "p_mpjpe_mm": r["p_mpjpe_mm"],
                 "pf_mpjpe_mm": r["pf_mpjpe_mm"],

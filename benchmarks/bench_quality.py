@@ -49,6 +49,7 @@ import datetime
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,32 @@ SUPERVISED_LOSSES = SupervisedLosses(flip_invariant=True)
 flip-invariant, so it is a ceiling for the flip-aware P-MPJPE."""
 
 
+@dataclass(frozen=True)
+class BoundSettings:
+    """What makes the supervised bound differ from ours (besides reading the joints)."""
+
+    steps: int = 2000
+    """At 64 px and without the decoder its steps are cheaper than ours."""
+    volume_size: int = 24
+    """Voxels per side: at ours' 16 it missed the quadruped's nearly rigid body by fractions
+    of a voxel (README, fifth screening); 24 costs 1.6x per step."""
+    extent_margin: float = 1.15
+    """The cube holds the training joints with this margin, no wider than the frustum: on
+    the quadruped the same 24 voxels shrink from 53 to 38 mm (README, sixth screening)."""
+
+
+def bound_setup(
+    base: StageTwoConfig, seed: int, settings: BoundSettings = BoundSettings()
+) -> tuple[StageTwoConfig, SupervisedLosses]:
+    """The bound's config and losses from ours' `base`. It is told where the joints are, so
+    it starts as the paper does (keypoints at the centre): its numbers stay comparable
+    across changes of ours' start."""
+    config = dataclasses.replace(
+        base, seed=seed, steps=settings.steps, keypoint_spread=0.0, volume_size=settings.volume_size
+    )
+    return config, dataclasses.replace(SUPERVISED_LOSSES, joint_extent_margin=settings.extent_margin)
+
+
 def supervised(
     train: Path, tests: dict[str, Path], config: Any, losses: SupervisedLosses = SUPERVISED_LOSSES
 ) -> tuple[list[dict], float]:
@@ -212,20 +239,20 @@ def main() -> None:
     parser.add_argument(
         "--supervised-steps",
         type=int,
-        default=2000,
+        default=BoundSettings.steps,
         help="steps of the supervised bound (at 64 px and without the decoder, its steps are cheaper)",
     )
     parser.add_argument(
         "--supervised-volume-size",
         type=int,
-        default=24,
+        default=BoundSettings.volume_size,
         help="voxels per side of the supervised bound's grid (the cpu preset's 16 leaves voxels "
         "of 144 mm on the humanoid, too coarse for a ceiling; 24 costs 1.6x per step)",
     )
     parser.add_argument(
         "--supervised-extent-margin",
         type=float,
-        default=1.15,
+        default=BoundSettings.extent_margin,
         help="the bound's grid is a cube this many times the largest |coordinate| of the training "
         "joints, or the view frustum where that is smaller (0: always the frustum, as ours). It "
         "costs nothing: on the quadruped the same 24 voxels shrink from 53 to 38 mm",
@@ -290,19 +317,10 @@ def run(args: argparse.Namespace) -> None:
         single = dataclasses.replace(base, num_views=1, seed=seeds[0])
         results, minutes = ours(folder, "k1", train, tests, single)
         rows += tagged(results, category, "K=1", 1, base.num_keypoints, seeds[0], minutes)
-        # The bound is told where the joints are, so it starts as the paper does (keypoints
-        # at the centre): its numbers stay comparable across changes of ours' start.
-        # Its grid is finer than ours: at 16 voxels per side it missed the quadruped's
-        # nearly rigid body by fractions of a voxel (README, fifth screening).
-        bound = dataclasses.replace(
-            base,
-            seed=seeds[0],
-            steps=args.supervised_steps,
-            keypoint_spread=0.0,
-            volume_size=args.supervised_volume_size,
+        settings = BoundSettings(
+            args.supervised_steps, args.supervised_volume_size, args.supervised_extent_margin
         )
-        losses = dataclasses.replace(SUPERVISED_LOSSES, joint_extent_margin=args.supervised_extent_margin)
-        results, minutes = supervised(train, tests, bound, losses)
+        results, minutes = supervised(train, tests, *bound_setup(base, seeds[0], settings))
         rows += tagged(results, category, "supervised", 4, "J", seeds[0], minutes)
 
     table = results_table(rows)
