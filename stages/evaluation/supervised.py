@@ -195,8 +195,11 @@ def train_supervised(
     config.num_keypoints must equal the number of ground-truth joints. progress(step, loss).
     """
     if losses.joint_extent_margin > 0:
-        frustum = frustum_half_extent(summarise_caches(caches, config.num_views, config.feature_source))
-        extent = joint_half_extent(training_joints(caches), frustum, losses.joint_extent_margin)
+        # Never wider than the cube the config alone gives (its own extent, or the frustum).
+        widest = config.volume_half_extent or frustum_half_extent(
+            summarise_caches(caches, config.num_views, config.feature_source)
+        )
+        extent = joint_half_extent(training_joints(caches), widest, losses.joint_extent_margin)
         config = dataclasses.replace(config, volume_half_extent=extent)
     model, _ = build_model(config, tuple(caches))
     dataset = GroundTruthTrainingSet(
