@@ -127,10 +127,10 @@ def heatmap_cross_entropy_per_sample(logits: torch.Tensor, uv: torch.Tensor, sig
     return -(target * torch.log_softmax(logits.flatten(-2), dim=-1)).sum(-1).mean(dim=(1, 2))
 
 
-def joint_half_extent(joints: np.ndarray, frustum_half_extent: float, margin: float) -> float:
+def joint_half_extent(joints: np.ndarray, widest: float, margin: float) -> float:
     """Half side of the cube about the origin that holds joints (S, J, 3) with a margin:
-    margin * max |coordinate|, but never more than frustum_half_extent."""
-    return min(frustum_half_extent, margin * float(np.abs(joints).max()))
+    margin * max |coordinate|, but never more than `widest` (the frustum's, say)."""
+    return min(widest, margin * float(np.abs(joints).max()))
 
 
 def training_joints(caches: Sequence[Path]) -> np.ndarray:
