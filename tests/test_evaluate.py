@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("pybullet")
 
@@ -149,6 +150,28 @@ def test_supervised_batches_read_ahead_by_a_worker_give_the_same_losses(split_ca
         )
         runs.append(losses)
     assert [step for step, _ in runs[0]] == [1, 2, 3, 4, 5, 6] and runs[0] == runs[1]
+
+
+def test_supervised_bound_with_a_weight_average_ends_at_the_average_of_its_steps(split_caches):
+    from cache_schema import CacheReader
+
+    joints = len(CacheReader(split_caches["train"]).layout.ground_truth.joint_names)
+    config = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": joints, "steps": 2, "batch_size": 4})
+    # The last weights after step 1 and after step 2 (a step's batch depends on the seed and
+    # the step only), and a run of 2 steps whose decay 0.5 averages those two equally.
+    last = [
+        train_supervised(dataclasses.replace(config, steps=steps), [split_caches["train"]]).state_dict()
+        for steps in (1, 2)
+    ]
+    averaged = train_supervised(
+        config, [split_caches["train"]], losses=SupervisedLosses(weight_average=0.5)
+    ).state_dict()
+    moved = [name for name in last[0] if not torch.equal(last[0][name], last[1][name])]
+    assert moved, "the second step changed no weight"
+    for name in moved:
+        torch.testing.assert_close(averaged[name], 0.5 * (last[0][name] + last[1][name]))
+    with pytest.raises(ValueError, match="weight_average"):
+        SupervisedLosses(weight_average=1.0)
 
 
 def test_joint_half_extent_holds_the_joints_and_never_passes_the_frustum():

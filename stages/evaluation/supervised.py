@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cache_schema import CacheError, CacheReader
 from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
@@ -49,7 +50,8 @@ class GroundTruthTrainingSet(CacheTrainingSet):
 @dataclass(frozen=True)
 class SupervisedLosses:
     """How the bound is trained: the weights of its terms (dense terms give every voxel and
-    pixel a target), their widths, the flip invariance and the extent of its grid.
+    pixel a target), their widths, the flip invariance, the extent of its grid and the
+    average of its weights.
 
     The squared distance of the soft-argmax alone only says where the mean of each
     keypoint's distribution should move; a network that cannot yet tell the left wrist
@@ -73,6 +75,10 @@ class SupervisedLosses:
     """Width of the voxel target, in voxels."""
     heatmap_sigma: float = 1.0
     """Width of the 2D target, in feature pixels."""
+    weight_average: float = 0.0
+    """0: the bound is the last step's weights. d in (0, 1): an exponential moving average
+    of the weights with decay d (about the last 1 / (1 - d) steps), which smooths out the
+    last steps' noise at a constant learning rate without slowing the learning."""
     flip_invariant: bool = False
     """Score each sample against the better of its two labellings (as given, and with every
     left/right pair swapped), as the flip-aware P-MPJPE does. The bound then learns where
@@ -85,6 +91,8 @@ class SupervisedLosses:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.joint_extent_margin < 0:
             raise ValueError(f"joint_extent_margin must be >= 0, got {self.joint_extent_margin}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(f"weight_average must be in [0, 1), got {self.weight_average}")
         if not (self.voxel_sigma > 0 and self.heatmap_sigma > 0):
             raise ValueError("voxel_sigma and heatmap_sigma must be > 0")
 
@@ -232,6 +240,9 @@ def train_supervised(
         collate_fn=keep_batch,
     )
     model.train()
+    average = None
+    if losses.weight_average > 0:
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(losses.weight_average))
     for step, batch in enumerate(loader):
         if isinstance(batch, CacheError):  # raised in a loader worker (ErrorsAsValues)
             raise batch
@@ -259,6 +270,10 @@ def train_supervised(
         loss.backward()
         apply_learning_rate(optimizer, config.lr_schedule, step, config.steps)
         optimizer.step()
+        if average is not None:
+            average.update_parameters(model)
         if progress is not None:
             progress(step + 1, float(loss.detach()))
+    if average is not None:
+        model.load_state_dict(average.module.state_dict())
     return model.eval()
