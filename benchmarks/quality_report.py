@@ -13,6 +13,9 @@ TEST_SETS = ("held-out motions", "seen motions")
 new draws (time, yaw, appearance, light) of the training clips, as Human3.6M's protocol
 tests unseen subjects on the actions it trained on."""
 
+TARGET_SET = "held-out motions"
+"""Issue 12 sets its targets on held-out motions only; the seen-motion lines are for reference."""
+
 
 def results_table(rows: list[dict]) -> str:
     """A markdown table: one row per (category, test set, method, seed, regression); errors in mm."""
@@ -102,7 +105,8 @@ def check_targets(rows: list[dict]) -> list[str]:
     K = 4 better than K = 1 and than the untrained network (MLP, worst seed of ours). The
     bound is trained flip-invariant, so it picks its own left/right convention: it is judged
     on the flip-aware P-MPJPE against the mean shape's flip-aware P-MPJPE, and its plain
-    P-MPJPE is printed beside it."""
+    P-MPJPE is printed beside it. Only the held-out motions are judged (`TARGET_SET`): a
+    seen-motion line says "yes" or "no" against the same bars, for reference."""
     lines = []
     for category in sorted({r["category"] for r in rows}):
         for label in TEST_SETS:
@@ -126,11 +130,16 @@ def check_targets(rows: list[dict]) -> list[str]:
             ratio = 0.8 if category == "humanoid" else 1.0
             worst = max(mlp)
 
-            def verdict(ok: bool) -> str:
-                return "met" if ok else "MISSED"
+            judged = label == TARGET_SET
+            heading = label if judged else f"{label} (for reference, not judged)"
+
+            def verdict(ok: bool, judged: bool = judged) -> str:
+                if judged:
+                    return "met" if ok else "MISSED"
+                return "yes" if ok else "no"
 
             lines.append(
-                f"{category}, {label}: supervised flip-aware {bound_flip:.1f} = "
+                f"{category}, {heading}: supervised flip-aware {bound_flip:.1f} = "
                 f"{bound_flip / shape_flip:.2f}x the Procrustes mean shape's {shape_flip:.1f} "
                 f"(target <= 0.5x): "
                 f"{verdict(bound_flip <= 0.5 * shape_flip)} (plain P-MPJPE {bound:.1f} = "
