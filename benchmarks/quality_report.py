@@ -98,7 +98,7 @@ def per_clip_tables(rows: list[dict]) -> str:
 
 
 def check_targets(rows: list[dict]) -> list[str]:
-    """The issue's targets, stated as met or MISSED per category and test set (never asserted).
+    """The issue's targets per category and test set: met or MISSED on held-out motions (never asserted).
 
     Against the Procrustes mean shape's P-MPJPE (the constant to beat): the supervised bound
     at most 0.5x; ours + MLP at most 0.8x for the humanoid and below 1x for the quadruped;
