@@ -201,6 +201,55 @@ def test_supervised_bound_with_a_joint_margin_lifts_into_a_cube_around_the_joint
         assert np.abs(model.voxel_centres.numpy()).max() < expected
 
 
+def test_mirrored_samples_show_the_mirrored_joints_where_the_flipped_views_show_them(split_caches):
+    from cache_schema import CacheReader
+    from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
+    from stages.evaluation.supervised import GroundTruthTrainingSet, mirror_samples
+    from stages.keypoints.geometry import project_to_views
+
+    reader = CacheReader(split_caches["train"])
+    names = reader.layout.ground_truth.joint_names
+    swap = torch.from_numpy(label_swap_permutation(left_right_pairs(names), len(names)))
+    assert not torch.equal(swap, torch.arange(len(names))), "the humanoid has left/right pairs"
+    size = reader.layout.image_size
+    batch = GroundTruthTrainingSet([split_caches["train"]], 4, size, False).__getitems__([0, 1, 2])
+    chosen = torch.tensor([True, False, True])
+    mirrored, joints = mirror_samples(batch, batch["joints_3d"], chosen, swap, size)
+    assert torch.equal(mirrored["views"][1], batch["views"][1])
+    assert torch.equal(joints[1], batch["joints_3d"][1])
+    assert torch.equal(mirrored["views"][0], batch["views"][0].flip(-1))
+    # Mirrored joint j is original joint swap[j], reflected: one pixel row, flipped column.
+    uv, _ = project_to_views(batch["joints_3d"], batch["intrinsics"], batch["world_to_camera"])
+    uv_mirrored, _ = project_to_views(joints, mirrored["intrinsics"], mirrored["world_to_camera"])
+    torch.testing.assert_close(uv_mirrored[0, :, :, 0], size - uv[0][:, swap, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(uv_mirrored[0, :, :, 1], uv[0][:, swap, 1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(uv_mirrored[1], uv[1])
+
+
+def test_supervised_bound_with_mirrored_samples_trains_and_refuses_diffusion_features(split_caches):
+    from cache_schema import CacheReader
+
+    joints = len(CacheReader(split_caches["train"]).layout.ground_truth.joint_names)
+    config = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": joints, "steps": 3, "batch_size": 4})
+    runs = []
+    for mirror in (False, True):
+        losses = []
+        train_supervised(
+            config,
+            [split_caches["train"]],
+            lambda step, loss, losses=losses: losses.append(loss),
+            SupervisedLosses(mirror=mirror),
+        )
+        runs.append(losses)
+    assert all(np.isfinite(runs[1])) and runs[0][0] != runs[1][0]
+    with pytest.raises(ValueError, match="mirror needs feature_source 'pixels'"):
+        train_supervised(
+            dataclasses.replace(config, feature_source="diffusion"),
+            [split_caches["train"]],
+            losses=SupervisedLosses(mirror=True),
+        )
+
+
 @pytest.mark.parametrize("losses", [{}, {"flip_invariant": True}])
 def test_dense_supervised_losses_bring_predictions_closer_to_the_joints(split_caches, losses):
     from cache_schema import CacheReader

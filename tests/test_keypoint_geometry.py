@@ -16,6 +16,7 @@ from stages.keypoints.geometry import (
     camera_centres,
     edge_maps,
     gaussian_heatmaps,
+    mirror_cameras,
     pair_indices,
     project_to_views,
     sample_views,
@@ -127,6 +128,29 @@ def test_camera_centres_bad_shape_and_gradcheck():
         camera_centres(torch.zeros(2, 4, 4))
     _, orbit = orbit_batch([0.0, 45.0], 32)
     assert torch.autograd.gradcheck(camera_centres, (orbit.requires_grad_(),))
+
+
+# mirror_cameras
+
+
+def test_mirror_cameras_see_the_mirrored_world_as_the_flipped_image():
+    intrinsics, world_to_camera = orbit_batch([10.0, 100.0, 250.0], 48)
+    intrinsics = intrinsics.clone()
+    intrinsics[..., 0, 2] += 3.0  # an off-centre principal point, which the flip moves
+    points = torch.randn(1, 7, 3, generator=generator(), dtype=F64) * 0.4
+    uv, depth = project_to_views(points, intrinsics, world_to_camera)
+    mirrored_intrinsics, mirrored = mirror_cameras(intrinsics, world_to_camera, 48)
+    reflected = points * torch.tensor([-1.0, 1.0, 1.0], dtype=F64)
+    uv_mirrored, depth_mirrored = project_to_views(reflected, mirrored_intrinsics, mirrored)
+    torch.testing.assert_close(uv_mirrored[..., 0], 48.0 - uv[..., 0])
+    torch.testing.assert_close(uv_mirrored[..., 1], uv[..., 1])
+    torch.testing.assert_close(depth_mirrored, depth)
+    rotations = mirrored[..., :3, :3]
+    torch.testing.assert_close(torch.linalg.det(rotations), torch.ones(1, 3, dtype=F64))
+    # +z stays up: the camera's "down" axis has the same world z as before.
+    torch.testing.assert_close(rotations[..., 1, 2], world_to_camera[..., 1, 2])
+    with pytest.raises(ShapeError, match="world_to_camera"):
+        mirror_cameras(intrinsics, world_to_camera[:, :2], 48)
 
 
 # voxel_centres

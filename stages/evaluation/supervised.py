@@ -79,6 +79,13 @@ class SupervisedLosses:
     """0: the bound is the last step's weights. d in (0, 1): an exponential moving average
     of the weights with decay d (about the last 1 / (1 - d) steps), which smooths out the
     last steps' noise at a constant learning rate without slowing the learning."""
+    mirror: bool = False
+    """Reflect a random half of each batch's samples in the vertical plane x = 0: views
+    flipped left to right, cameras mirrored to match (`geometry.mirror_cameras`), joints
+    reflected and their left/right labels swapped. A mirrored figure is a figure the world
+    could have drawn, doing each training motion with its other side, so the bound sees
+    twice the poses. Exact for pixel features; cached diffusion features are refused,
+    since a UNet's features of a flipped image are not its flipped features."""
     flip_invariant: bool = False
     """Score each sample against the better of its two labellings (as given, and with every
     left/right pair swapped), as the flip-aware P-MPJPE does. The bound then learns where
@@ -151,6 +158,34 @@ def training_joints(caches: Sequence[Path]) -> np.ndarray:
     )
 
 
+def mirror_samples(
+    batch: dict[str, torch.Tensor],
+    joints: torch.Tensor,
+    chosen: torch.Tensor,
+    swap: torch.Tensor,
+    image_size: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The batch and joints (B, J, 3) with the chosen samples (B,) bool reflected in x = 0.
+
+    Images ('views', 'view_masks', 'feature_views': (B, V, ..., H, W)) flip left to right,
+    the cameras follow (`geometry.mirror_cameras`, intrinsics at image_size), and the
+    joints reflect with their labels permuted by swap (J,), so that a left joint stays
+    labelled left in the mirrored figure."""
+    mirrored = dict(batch)
+    for name in ("views", "view_masks", "feature_views"):
+        if name in batch:
+            pick = chosen.view(-1, *([1] * (batch[name].ndim - 1)))
+            mirrored[name] = torch.where(pick, batch[name].flip(-1), batch[name])
+    intrinsics, world_to_camera = geometry.mirror_cameras(
+        batch["intrinsics"], batch["world_to_camera"], image_size
+    )
+    pick = chosen.view(-1, 1, 1, 1)
+    mirrored["intrinsics"] = torch.where(pick, intrinsics, batch["intrinsics"])
+    mirrored["world_to_camera"] = torch.where(pick, world_to_camera, batch["world_to_camera"])
+    reflect = torch.tensor([-1.0, 1.0, 1.0], dtype=joints.dtype)
+    return mirrored, torch.where(chosen.view(-1, 1, 1), joints[:, swap] * reflect, joints)
+
+
 @dataclass(frozen=True)
 class SupervisedOutputs:
     """What one forward pass gives the supervised losses."""
@@ -202,6 +237,10 @@ def train_supervised(
 
     config.num_keypoints must equal the number of ground-truth joints. progress(step, loss).
     """
+    if losses.mirror and config.feature_source == "diffusion":
+        raise ValueError(
+            "mirror needs feature_source 'pixels': diffusion features do not flip with their image"
+        )
     if losses.joint_extent_margin > 0:
         # Never wider than the cube the config alone gives (its own extent, or the frustum).
         widest = config.volume_half_extent or frustum_half_extent(
@@ -227,10 +266,11 @@ def train_supervised(
     )
     extent = model.config.volume_half_extent
     voxel = 2.0 * extent / model.config.volume_size
-    swap = None
-    if losses.flip_invariant:
-        names = CacheReader(caches[0]).layout.ground_truth.joint_names
-        swap = torch.from_numpy(label_swap_permutation(left_right_pairs(names), len(names)))
+    names = CacheReader(caches[0]).layout.ground_truth.joint_names
+    label_swap = torch.from_numpy(label_swap_permutation(left_right_pairs(names), len(names)))
+    swap = label_swap if losses.flip_invariant else None
+    # Its own stream, so that turning the mirror on changes nothing else the seed draws.
+    mirror_draws = torch.Generator().manual_seed(config.seed)
     # The batches of fit's sampler, read ahead by config.loader_workers processes: read in
     # this process, a batch of 128 px views took as long as the step that used it.
     loader = torch.utils.data.DataLoader(
@@ -251,6 +291,10 @@ def train_supervised(
             batch["world_to_camera"],
             batch["joints_3d"],
         )
+        if losses.mirror:
+            chosen = torch.rand(len(joints), generator=mirror_draws) < 0.5
+            batch, joints = mirror_samples(batch, joints, chosen, label_swap, model.config.image_size)
+            intrinsics, world_to_camera = batch["intrinsics"], batch["world_to_camera"]
         features = model.view_features(model_inputs(model, batch))
         volume = model.lift(features, intrinsics, world_to_camera)
         keypoints, probabilities = geometry.soft_argmax_3d(model.keypoint_logits(volume), model.voxel_centres)

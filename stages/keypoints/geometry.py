@@ -77,6 +77,35 @@ def camera_centres(world_to_camera: Tensor) -> Tensor:
     return -torch.einsum("bvji,bvj->bvi", rotation, translation)
 
 
+def mirror_cameras(intrinsics: Tensor, world_to_camera: Tensor, image_width: int) -> tuple[Tensor, Tensor]:
+    """The cameras that see the world reflected in the plane x = 0 as these see the world,
+    each image flipped left to right.
+
+    A world point X becomes M X with M = diag(-1, 1, 1); the new camera is F [R|t] M with
+    F = diag(-1, 1, 1) in the camera frame, so it is again a rotation (two reflections)
+    and maps M X to F (R X + t): the camera point with x negated. Its pixel is then
+    u' = W - u, which the principal point cx' = W - cx gives. Vertical planes keep +z up.
+
+    Args:
+        intrinsics: (B, V, 3, 3) pinhole intrinsics in pixels, no skew.
+        world_to_camera: (B, V, 4, 4) OpenCV [R|t] matrices.
+        image_width: W, pixels of the images the intrinsics are for.
+
+    Returns:
+        (B, V, 3, 3) intrinsics and (B, V, 4, 4) world_to_camera of the mirrored cameras.
+    """
+    sizes: dict[str, int] = {}
+    check_shape("intrinsics", intrinsics, ("B", "V", 3, 3), sizes)
+    check_shape("world_to_camera", world_to_camera, ("B", "V", 4, 4), sizes)
+    mirrored_intrinsics = intrinsics.clone()
+    mirrored_intrinsics[..., 0, 2] = image_width - intrinsics[..., 0, 2]
+    flip = torch.ones(4, dtype=world_to_camera.dtype, device=world_to_camera.device)
+    flip[0] = -1.0
+    # F @ A @ M: F scales row 0 by -1, M scales column 0 by -1.
+    mirrored = world_to_camera * flip[:, None] * flip[None, :]
+    return mirrored_intrinsics, mirrored
+
+
 def voxel_centres(
     num_per_side: int,
     half_extent: float,
