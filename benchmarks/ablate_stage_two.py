@@ -100,6 +100,12 @@ def main() -> None:
         help="with --method supervised: the quality benchmark's bound (keypoints start at the "
         "centre, its grid, cube and weight average; not its steps) before --set and --loss",
     )
+    parser.add_argument(
+        "--mirror-fit",
+        action="store_true",
+        help="with --method ours: also an 'mlp+mirror' row, the MLP fitted on the training pairs "
+        "and on their mirror images",
+    )
     parser.add_argument("--name", default=None)
     parser.add_argument("--work", type=Path, default=Path("bench-results/ablation-work"))
     parser.add_argument("--out", type=Path, default=Path("bench-results/ablation.jsonl"))
@@ -116,6 +122,8 @@ def run(args: argparse.Namespace) -> None:
     if args.benchmark_bound:
         if args.method != "supervised":
             raise SystemExit("--benchmark-bound: only with --method supervised")
+    if args.mirror_fit and args.method != "ours":
+        raise SystemExit("--mirror-fit: only with --method ours")
         config, losses = bound_setup(config, args.seed, BoundSettings(steps=args.steps))
     config = dataclasses.replace(config, seed=args.seed, **parse_overrides(args.set))
     version = args.world_version or SyntheticWorldConfig().version
@@ -133,7 +141,7 @@ def run(args: argparse.Namespace) -> None:
     tic = time.perf_counter()
     if args.method == "ours":
         run = folder / f"{name}-seed{args.seed}-{int(time.time())}"
-        results, minutes = ours(run.parent, run.name, train, tests, config)
+        results, minutes = ours(run.parent, run.name, train, tests, config, args.mirror_fit)
     else:
         results, minutes = supervised(train, tests, config, losses)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from quality_report import check_targets, per_clip_tables, per_joint_tables, results_table
 
 from cache_schema import CacheReader
@@ -69,6 +70,7 @@ from stages.evaluation.evaluate import (
     regress_and_score,
     score,
 )
+from stages.evaluation.mirror import predict_mirrored
 from stages.evaluation.supervised import SupervisedLosses, train_supervised
 from stages.keypoints.checkpoint import load_run
 from stages.keypoints.config import StageTwoConfig, preset
@@ -126,20 +128,34 @@ def summarised(result: Any, clips: list[str]) -> dict:
     return {**result.summary(), "per_clip_mm": result.by_group(clips)}
 
 
-def keypoint_rows(model: Any, num_views: int, train: Path, tests: dict[str, Path]) -> list[dict]:
+def keypoint_rows(
+    model: Any, num_views: int, train: Path, tests: dict[str, Path], mirror_fit: bool = False
+) -> list[dict]:
     """Predict the train cache and every test cache, regress on train, score on each test set.
 
-    Each row also holds the mean keypoint-consistency of the keypoints on that test cache."""
+    Each row also holds the mean keypoint-consistency of the keypoints on that test cache.
+    mirror_fit adds an 'mlp+mirror' row: the MLP fitted on the training pairs and on their
+    mirror images (`stages.evaluation.mirror.predict_mirrored`)."""
     a = predict_cache(model, train, num_views)
     names = joint_names(train)
+    train_keypoints, train_joints = a["keypoints_3d"], truth(train, a["index"])
+    if mirror_fit:
+        mirrored = predict_mirrored(model, train, num_views)
+        both_keypoints = np.concatenate([train_keypoints, mirrored["keypoints_3d"]])
+        both_joints = np.concatenate([train_joints, mirrored["joints_3d"]])
     rows = []
     for label, cache in tests.items():
         b = predict_cache(model, cache, num_views)
         test_joints = truth(cache, b["index"])
         results = regress_and_score(
-            a["keypoints_3d"], truth(train, a["index"]), b["keypoints_3d"], test_joints, EvalConfig(),
-            joint_names=names,
-        )  # fmt: skip
+            train_keypoints, train_joints, b["keypoints_3d"], test_joints, EvalConfig(), joint_names=names
+        )
+        if mirror_fit:
+            (fitted,) = regress_and_score(
+                both_keypoints, both_joints, b["keypoints_3d"], test_joints, EvalConfig(regressors=("mlp",)),
+                joint_names=names,
+            )  # fmt: skip
+            results.append(dataclasses.replace(fitted, regression="mlp+mirror"))
         consistency = keypoint_joint_consistency(b["keypoints_3d"], test_joints).mean_consistency
         clips = motion_clips(cache, b["index"])
         rows += [{**summarised(r, clips), "test": label, "consistency": consistency} for r in results]
@@ -147,14 +163,14 @@ def keypoint_rows(model: Any, num_views: int, train: Path, tests: dict[str, Path
 
 
 def ours(
-    folder: Path, name: str, train: Path, tests: dict[str, Path], config: Any
+    folder: Path, name: str, train: Path, tests: dict[str, Path], config: Any, mirror_fit: bool = False
 ) -> tuple[list[dict], float]:
     """Train self-supervised, then `keypoint_rows`; rows and training minutes."""
     tic = time.perf_counter()
     fit(FitJob((train,), folder / name, config))
     minutes = (time.perf_counter() - tic) / 60
     run = load_run(folder / name)
-    return keypoint_rows(run.model, run.num_views, train, tests), minutes
+    return keypoint_rows(run.model, run.num_views, train, tests, mirror_fit), minutes
 
 
 def untrained(train: Path, tests: dict[str, Path], config: Any) -> list[dict]:

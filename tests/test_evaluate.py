@@ -226,6 +226,28 @@ def test_mirrored_samples_show_the_mirrored_joints_where_the_flipped_views_show_
     torch.testing.assert_close(uv_mirrored[1], uv[1])
 
 
+def test_predict_mirrored_pairs_mirrored_keypoints_with_reflected_swapped_joints(split_caches):
+    from cache_schema import CacheReader
+    from stages.evaluation.mirror import label_swap, predict_mirrored
+    from stages.keypoints.errors import TrainingError
+    from stages.keypoints.predict import predict_cache
+    from stages.keypoints.training import build_model
+
+    model, _ = build_model(TINY, (split_caches["train"],))
+    plain = predict_cache(model, split_caches["train"], TINY.num_views)
+    mirrored = predict_mirrored(model, split_caches["train"], TINY.num_views, batch_size=5)
+    np.testing.assert_array_equal(mirrored["index"], plain["index"])
+    truth = CacheReader(split_caches["train"]).read_ground_truth(plain["index"].tolist())["joints_3d"]
+    expected = truth[:, label_swap(split_caches["train"]).numpy()] * np.array([-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(mirrored["joints_3d"], expected, atol=1e-6)
+    assert mirrored["keypoints_3d"].shape == plain["keypoints_3d"].shape
+    assert np.isfinite(mirrored["keypoints_3d"]).all()
+    assert not np.allclose(mirrored["keypoints_3d"], plain["keypoints_3d"], atol=1e-3)
+    model.register_to_config(feature_source="diffusion")
+    with pytest.raises(TrainingError, match="pixel-feature model"):
+        predict_mirrored(model, split_caches["train"], TINY.num_views)
+
+
 def test_supervised_bound_with_mirrored_samples_trains_and_refuses_diffusion_features(split_caches):
     from cache_schema import CacheReader
 

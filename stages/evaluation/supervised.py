@@ -16,7 +16,8 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cache_schema import CacheError, CacheReader
-from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
+from stages.evaluation.mirror import label_swap as joint_label_swap
+from stages.evaluation.mirror import mirror_samples
 from stages.keypoints import geometry
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import (
@@ -158,34 +159,6 @@ def training_joints(caches: Sequence[Path]) -> np.ndarray:
     )
 
 
-def mirror_samples(
-    batch: dict[str, torch.Tensor],
-    joints: torch.Tensor,
-    chosen: torch.Tensor,
-    swap: torch.Tensor,
-    image_size: int,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The batch and joints (B, J, 3) with the chosen samples (B,) bool reflected in x = 0.
-
-    Images ('views', 'view_masks', 'feature_views': (B, V, ..., H, W)) flip left to right,
-    the cameras follow (`geometry.mirror_cameras`, intrinsics at image_size), and the
-    joints reflect with their labels permuted by swap (J,), so that a left joint stays
-    labelled left in the mirrored figure."""
-    mirrored = dict(batch)
-    for name in ("views", "view_masks", "feature_views"):
-        if name in batch:
-            pick = chosen.view(-1, *([1] * (batch[name].ndim - 1)))
-            mirrored[name] = torch.where(pick, batch[name].flip(-1), batch[name])
-    intrinsics, world_to_camera = geometry.mirror_cameras(
-        batch["intrinsics"], batch["world_to_camera"], image_size
-    )
-    pick = chosen.view(-1, 1, 1, 1)
-    mirrored["intrinsics"] = torch.where(pick, intrinsics, batch["intrinsics"])
-    mirrored["world_to_camera"] = torch.where(pick, world_to_camera, batch["world_to_camera"])
-    reflect = torch.tensor([-1.0, 1.0, 1.0], dtype=joints.dtype)
-    return mirrored, torch.where(chosen.view(-1, 1, 1), joints[:, swap] * reflect, joints)
-
-
 @dataclass(frozen=True)
 class SupervisedOutputs:
     """What one forward pass gives the supervised losses."""
@@ -266,8 +239,7 @@ def train_supervised(
     )
     extent = model.config.volume_half_extent
     voxel = 2.0 * extent / model.config.volume_size
-    names = CacheReader(caches[0]).layout.ground_truth.joint_names
-    label_swap = torch.from_numpy(label_swap_permutation(left_right_pairs(names), len(names)))
+    label_swap = joint_label_swap(caches[0])
     swap = label_swap if losses.flip_invariant else None
     # Its own stream, so that turning the mirror on changes nothing else the seed draws.
     mirror_draws = torch.Generator().manual_seed(config.seed)

@@ -1,0 +1,104 @@
+"""Mirror images of cached samples: the world reflected in the vertical plane x = 0.
+
+A mirrored figure is one the synthetic world (or a camera) could have shown: the same
+motion done with its other side. Its views are the cached views flipped left to right,
+its cameras `geometry.mirror_cameras`, and its joints the reflected joints with every
+left/right label swapped, so that a left joint stays labelled left. Used to
+
+- augment the supervised bound's batches (`SupervisedLosses.mirror`), and
+- give the keypoint-to-joint regressor the mirror image of each training pair
+  (`predict_mirrored`): the keypoints the network finds in the mirrored sample, and the
+  mirrored joints.
+
+Only pixel features can be mirrored this way: a UNet's features of a flipped image are
+not its flipped features, so caches read through their diffusion features are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache_schema import CacheReader
+from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
+from stages.keypoints import geometry
+from stages.keypoints.data import CacheTrainingSet
+from stages.keypoints.errors import TrainingError
+from stages.keypoints.losses import model_inputs
+from stages.keypoints.model import KeyDiff3DModel
+
+
+def mirror_samples(
+    batch: dict[str, torch.Tensor],
+    joints: torch.Tensor,
+    chosen: torch.Tensor,
+    swap: torch.Tensor,
+    image_size: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The batch and joints (B, J, 3) with the chosen samples (B,) bool reflected in x = 0.
+
+    Images ('views', 'view_masks', 'feature_views': (B, V, ..., H, W)) flip left to right,
+    the cameras follow (`geometry.mirror_cameras`, intrinsics at image_size), and the
+    joints reflect with their labels permuted by swap (J,), so that a left joint stays
+    labelled left in the mirrored figure."""
+    mirrored = dict(batch)
+    for name in ("views", "view_masks", "feature_views"):
+        if name in batch:
+            pick = chosen.view(-1, *([1] * (batch[name].ndim - 1)))
+            mirrored[name] = torch.where(pick, batch[name].flip(-1), batch[name])
+    intrinsics, world_to_camera = geometry.mirror_cameras(
+        batch["intrinsics"], batch["world_to_camera"], image_size
+    )
+    pick = chosen.view(-1, 1, 1, 1)
+    mirrored["intrinsics"] = torch.where(pick, intrinsics, batch["intrinsics"])
+    mirrored["world_to_camera"] = torch.where(pick, world_to_camera, batch["world_to_camera"])
+    reflect = torch.tensor([-1.0, 1.0, 1.0], dtype=joints.dtype)
+    return mirrored, torch.where(chosen.view(-1, 1, 1), joints[:, swap] * reflect, joints)
+
+
+def label_swap(cache: Path) -> torch.Tensor:
+    """(J,) joint order that swaps every left/right pair of the cache's ground truth."""
+    names = CacheReader(cache).layout.ground_truth.joint_names
+    return torch.from_numpy(label_swap_permutation(left_right_pairs(names), len(names)))
+
+
+def predict_mirrored(
+    model: KeyDiff3DModel, cache: Path, num_views: int, batch_size: int = 8
+) -> dict[str, np.ndarray]:
+    """The keypoints of every done sample's mirror image, and its mirrored joints.
+
+    Returns index (n,) (the samples' rows, in `predict_cache`'s order), keypoints_3d
+    (n, N, 3) that the model finds in the mirrored views and cameras, and joints_3d
+    (n, J, 3): the sample's joints reflected and label-swapped."""
+    if model.config.feature_source == "diffusion":
+        raise TrainingError(
+            f"{cache}: mirrored predictions need a pixel-feature model, not diffusion features"
+        )
+    reader = CacheReader(cache)
+    swap = label_swap(cache)
+    dataset = CacheTrainingSet(
+        [cache], num_views, model.config.render_size, False, model.config.pixel_input_size
+    )
+    model = model.eval()
+    points, joints = [], []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            rows = list(range(start, min(start + batch_size, len(dataset))))
+            batch = dataset.__getitems__(rows)
+            truth = reader.read_ground_truth(dataset.items[rows, 1].tolist())["joints_3d"]
+            every = torch.ones(len(rows), dtype=torch.bool)
+            batch, mirrored = mirror_samples(
+                batch, torch.from_numpy(truth).float(), every, swap, model.config.image_size
+            )
+            keypoints, _ = model.predict_keypoints(
+                model_inputs(model, batch), batch["intrinsics"], batch["world_to_camera"]
+            )
+            points.append(keypoints.numpy())
+            joints.append(mirrored.numpy())
+    return {
+        "index": dataset.items[:, 1],
+        "keypoints_3d": np.concatenate(points).astype(np.float32),
+        "joints_3d": np.concatenate(joints),
+    }
