@@ -119,11 +119,11 @@ def run(args: argparse.Namespace) -> None:
     # Without --benchmark-bound, the bound's losses of the screenings recorded before its
     # weight average, so that their commands still give their numbers.
     config, losses = base_config(args.steps), dataclasses.replace(SUPERVISED_LOSSES, weight_average=0.0)
+    if args.mirror_fit and args.method != "ours":
+        raise SystemExit("--mirror-fit: only with --method ours")
     if args.benchmark_bound:
         if args.method != "supervised":
             raise SystemExit("--benchmark-bound: only with --method supervised")
-    if args.mirror_fit and args.method != "ours":
-        raise SystemExit("--mirror-fit: only with --method ours")
         config, losses = bound_setup(config, args.seed, BoundSettings(steps=args.steps))
     config = dataclasses.replace(config, seed=args.seed, **parse_overrides(args.set))
     version = args.world_version or SyntheticWorldConfig().version
