@@ -203,14 +203,13 @@ def test_supervised_bound_with_a_joint_margin_lifts_into_a_cube_around_the_joint
 
 def test_mirrored_samples_show_the_mirrored_joints_where_the_flipped_views_show_them(split_caches):
     from cache_schema import CacheReader
-    from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
-    from stages.evaluation.supervised import GroundTruthTrainingSet, mirror_samples
+    from stages.evaluation.ground_truth_set import GroundTruthTrainingSet
+    from stages.evaluation.mirror import label_swap, mirror_samples
     from stages.keypoints.geometry import project_to_views
 
     reader = CacheReader(split_caches["train"])
-    names = reader.layout.ground_truth.joint_names
-    swap = torch.from_numpy(label_swap_permutation(left_right_pairs(names), len(names)))
-    assert not torch.equal(swap, torch.arange(len(names))), "the humanoid has left/right pairs"
+    swap = label_swap(split_caches["train"])
+    assert not torch.equal(swap, torch.arange(len(swap))), "the humanoid has left/right pairs"
     size = reader.layout.image_size
     batch = GroundTruthTrainingSet([split_caches["train"]], 4, size, False).__getitems__([0, 1, 2])
     chosen = torch.tensor([True, False, True])

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from cache_schema import CacheReader
+from stages.evaluation.ground_truth_set import GroundTruthTrainingSet
 from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
 from stages.keypoints import geometry
-from stages.keypoints.data import CacheTrainingSet
 from stages.keypoints.errors import TrainingError
 from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
@@ -76,9 +76,8 @@ def predict_mirrored(
         raise TrainingError(
             f"{cache}: mirrored predictions need a pixel-feature model, not diffusion features"
         )
-    reader = CacheReader(cache)
     swap = label_swap(cache)
-    dataset = CacheTrainingSet(
+    dataset = GroundTruthTrainingSet(
         [cache], num_views, model.config.render_size, False, model.config.pixel_input_size
     )
     model = model.eval()
@@ -87,11 +86,8 @@ def predict_mirrored(
         for start in range(0, len(dataset), batch_size):
             rows = list(range(start, min(start + batch_size, len(dataset))))
             batch = dataset.__getitems__(rows)
-            truth = reader.read_ground_truth(dataset.items[rows, 1].tolist())["joints_3d"]
             every = torch.ones(len(rows), dtype=torch.bool)
-            batch, mirrored = mirror_samples(
-                batch, torch.from_numpy(truth).float(), every, swap, model.config.image_size
-            )
+            batch, mirrored = mirror_samples(batch, batch["joints_3d"], every, swap, model.config.image_size)
             keypoints, _ = model.predict_keypoints(
                 model_inputs(model, batch), batch["intrinsics"], batch["world_to_camera"]
             )

@@ -16,12 +16,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cache_schema import CacheError, CacheReader
+from stages.evaluation.ground_truth_set import GroundTruthTrainingSet
 from stages.evaluation.mirror import label_swap as joint_label_swap
 from stages.evaluation.mirror import mirror_samples
 from stages.keypoints import geometry
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.data import (
-    CacheTrainingSet,
     ErrorsAsValues,
     StepBatchSampler,
     keep_batch,
@@ -30,22 +30,6 @@ from stages.keypoints.data import (
 from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
 from stages.keypoints.training import apply_learning_rate, build_model, frustum_half_extent
-
-
-class GroundTruthTrainingSet(CacheTrainingSet):
-    """CacheTrainingSet batches plus 'joints_3d' (B, J, 3) from the ground truth."""
-
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        batch = super().__getitems__(indices)
-        picked = self.items[np.asarray(indices, dtype=np.int64)]
-        readers = self._open()
-        joints = np.zeros((len(picked), *readers[0].layout.arrays()["ground_truth/joints_3d"].shape[1:]))
-        # One ground-truth read per cache in the batch, not one per sample.
-        for cache in np.unique(picked[:, 0]):
-            rows = np.flatnonzero(picked[:, 0] == cache)
-            joints[rows] = readers[int(cache)].read_ground_truth(picked[rows, 1].tolist())["joints_3d"]
-        batch["joints_3d"] = torch.from_numpy(joints).float()
-        return batch
 
 
 @dataclass(frozen=True)
