@@ -98,7 +98,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def quality(session: nox.Session) -> None:
-    """The quality benchmark (about 55 minutes on 2 idle cores): bench-results/quality.json and a table.
+    """The quality benchmark (about 60 minutes on 2 idle cores): bench-results/quality.json and a table.
     Arguments go to bench_quality.py (e.g. --steps, --seeds, --train-samples)."""
     install(session)
     session.run("python", "benchmarks/bench_quality.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
