@@ -58,7 +58,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from quality_report import check_targets, per_clip_tables, per_joint_tables, results_table
 
 from cache_schema import CacheReader
@@ -73,7 +72,7 @@ from stages.evaluation.evaluate import (
     regress_and_score,
     score,
 )
-from stages.evaluation.mirror import predict_mirrored
+from stages.evaluation.mirror import fit_with_mirror_images, predict_mirrored
 from stages.evaluation.supervised import SupervisedLosses, train_supervised
 from stages.keypoints.checkpoint import load_run
 from stages.keypoints.config import StageTwoConfig, preset
@@ -144,8 +143,6 @@ def keypoint_rows(
     train_keypoints, train_joints = a["keypoints_3d"], truth(train, a["index"])
     if mirror_fit:
         mirrored = predict_mirrored(model, train, num_views)
-        both_keypoints = np.concatenate([train_keypoints, mirrored["keypoints_3d"]])
-        both_joints = np.concatenate([train_joints, mirrored["joints_3d"]])
     rows = []
     for label, cache in tests.items():
         b = predict_cache(model, cache, num_views)
@@ -154,11 +151,17 @@ def keypoint_rows(
             train_keypoints, train_joints, b["keypoints_3d"], test_joints, EvalConfig(), joint_names=names
         )
         if mirror_fit:
-            (fitted,) = regress_and_score(
-                both_keypoints, both_joints, b["keypoints_3d"], test_joints, EvalConfig(regressors=("mlp",)),
-                joint_names=names,
-            )  # fmt: skip
-            results.append(dataclasses.replace(fitted, regression="mlp+mirror"))
+            results.append(
+                fit_with_mirror_images(
+                    train_keypoints,
+                    train_joints,
+                    mirrored,
+                    b["keypoints_3d"],
+                    test_joints,
+                    EvalConfig(),
+                    names,
+                )
+            )
         consistency = keypoint_joint_consistency(b["keypoints_3d"], test_joints).mean_consistency
         clips = motion_clips(cache, b["index"])
         rows += [{**summarised(r, clips), "test": label, "consistency": consistency} for r in results]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from stages.evaluation.evaluate import (
     regress_and_score,
     regress_and_score_2d,
 )
+from stages.evaluation.mirror import fit_with_mirror_images, predict_mirrored
 from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, load_run
 from stages.keypoints.predict import predict_cache
 from stages.threads import choose_threads, torch_threads
@@ -78,6 +80,53 @@ def predict_with_truth(
     return predicted, truth, list(truth_spec.joint_names)
 
 
+@dataclass(frozen=True)
+class TrainingSide:
+    """What an evaluation reads from the training cache, predicted once and reusable for
+    several test caches (the demo scores held-out and seen motions against one fit set)."""
+
+    run: TrainedRun
+    cache: Path
+    space: str
+    predicted: dict[str, np.ndarray]
+    """`predict_cache`'s output on the training cache."""
+    truth: dict[str, np.ndarray]
+    """{'joints': (S, J, 3)} in 3D; in 2D also 'visible' (S, J), of the input view."""
+    joint_names: list[str]
+    mirrored: dict[str, np.ndarray] | None
+    """`predict_mirrored`'s output on the same samples (mirror_fit), else None."""
+
+
+def predict_training_side(
+    run_dir: Path,
+    train_cache: Path,
+    space: str,
+    device: str = "cpu",
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+    mirror_fit: bool = False,
+) -> TrainingSide:
+    """Load the run and predict the training cache (and its mirror images with mirror_fit).
+
+    space: '2d' or '3d' (resolve 'auto' against the test cache with `evaluation_space`).
+    mirror_fit needs 3D and a pixel-feature run (`stages.evaluation.mirror`)."""
+    run = load_run(run_dir, device)
+    evaluation_space(train_cache, space)
+    if mirror_fit and space != "3d":
+        raise CacheError(
+            f"{train_cache}: --mirror-fit needs 3D ground truth, and this evaluation is in {space}"
+        )
+    with torch_threads(choose_threads(threads)):
+        # First, so that a diffusion-feature run is refused before anything is predicted.
+        mirrored = (
+            predict_mirrored(run.model, train_cache, run.num_views, device=device) if mirror_fit else None
+        )
+        predicted, truth, names = predict_with_truth(run, train_cache, device, progress, space)
+    if mirrored is not None and not np.array_equal(mirrored["index"], predicted["index"]):
+        raise CacheError(f"{train_cache}: its samples changed while it was being read; evaluate again")
+    return TrainingSide(run, Path(train_cache), space, predicted, truth, names, mirrored)
+
+
 def run_eval(
     run_dir: Path,
     train_cache: Path,
@@ -88,6 +137,8 @@ def run_eval(
     progress: Callable[[int], None] | None = None,
     space: str = "auto",
     threads: int | None = None,
+    mirror_fit: bool = False,
+    training: TrainingSide | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, table.md and PNGs into `out`; return the record.
 
@@ -99,15 +150,23 @@ def run_eval(
 
     threads: torch intra-op threads while predicting (None: `choose_threads`' default; the
     MLP regressor keeps its own single thread, see MLPRegressor).
+
+    mirror_fit: also fit the MLP on the training pairs plus their mirror images (3D, pixel-
+    feature runs only; `stages.evaluation.mirror`), an extra result row 'mlp+mirror'.
+
+    training: `predict_training_side`'s result for this run and train cache, to skip
+    predicting it again (its mirror images then decide mirror_fit).
     """
-    threads = choose_threads(threads)
     config = config or EvalConfig()
-    run = load_run(run_dir, device)
     space = evaluation_space(test_cache, space)
-    evaluation_space(train_cache, space)
+    if training is None:
+        training = predict_training_side(run_dir, train_cache, space, device, progress, threads, mirror_fit)
+    elif training.space != space or training.cache != Path(train_cache):
+        raise ValueError(f"the training side was predicted for {training.cache} in {training.space}")
+    run, train, train_truth, names = training.run, training.predicted, training.truth, training.joint_names
+    mirrored = training.mirrored
     run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())["stage_two"]
-    with torch_threads(threads):
-        train, train_truth, names = predict_with_truth(run, train_cache, device, progress, space)
+    with torch_threads(choose_threads(threads)):
         test, test_truth, test_names = predict_with_truth(run, test_cache, device, progress, space)
     if names != test_names:
         raise CacheError(f"{train_cache} and {test_cache} have different joints: {names} vs {test_names}")
@@ -121,6 +180,7 @@ def run_eval(
         "test_samples": len(test["index"]),
         "joint_names": names,
         "eval_config": {**config.__dict__, "regressors": list(config.regressors)},
+        "mirror_fit": mirrored is not None,
         "stage_two": run_config,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +206,12 @@ def run_eval(
         results = regress_and_score(
             train["keypoints_3d"], known, test["keypoints_3d"], unseen, config, joint_names=names
         )
+        if mirrored is not None:
+            results.append(
+                fit_with_mirror_images(
+                    train["keypoints_3d"], known, mirrored, test["keypoints_3d"], unseen, config, names
+                )
+            )
         root = config.root_joint
         baselines = {
             "mean pose (baseline)": mean_pose_baseline(known, unseen, root, joint_names=names),

@@ -226,6 +226,12 @@ def eval_command(
         "--threads",
         help="Torch CPU threads for predicting (default 1: the same numbers on every machine).",
     ),
+    mirror_fit: bool = typer.Option(
+        False,
+        "--mirror-fit",
+        help="Also fit the MLP on the training pairs plus their mirror images (views flipped, joints "
+        "reflected and relabelled left/right): an extra 'mlp+mirror' row. 3D, pixel-feature runs only.",
+    ),
 ) -> None:
     """Map discovered keypoints to ground-truth joints and report MPJPE, N-MPJPE, P-MPJPE and
     flip-aware P-MPJPE (mm), per joint too, and how consistently each keypoint stays on one joint."""
@@ -241,7 +247,7 @@ def eval_command(
         with tqdm(desc="predicting", unit="sample") as bar:
             record = run_eval(
                 run_dir, train_cache, test_cache, out, config, resolve_device(device), bar.update, space,
-                threads,
+                threads, mirror_fit,
             )  # fmt: skip
     except (StageError, CacheError, ValueError, OSError) as exc:
         fail(str(exc))

@@ -90,6 +90,37 @@ def test_eval_writes_the_table_json_and_pictures(split_caches, tmp_path):
     assert (out / "skeletons.png").stat().st_size > 1000 and (out / "joint_errors.png").is_file()
 
 
+def test_eval_with_mirror_fit_adds_the_mlp_fitted_with_the_mirror_images(split_caches, tmp_path):
+    fit(FitJob((split_caches["train"],), tmp_path / "run", TINY))
+    command = [
+        "eval", str(tmp_path / "run"), "--train-cache", str(split_caches["train"]),
+        "--test-cache", str(split_caches["test"]), "--regressor", "mlp", "--mirror-fit",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert record["mirror_fit"] is True
+    plain, mirrored = record["results"]
+    assert (plain["regression"], mirrored["regression"]) == ("mlp", "mlp+mirror")
+    # Twice the training pairs, the same seed: a different fit, scored on the same test samples.
+    assert np.isfinite(mirrored["p_mpjpe_mm"]) and mirrored["p_mpjpe_mm"] != plain["p_mpjpe_mm"]
+    assert "| KeyDiff3D (ours) | 4 | 6 | mlp+mirror |" in (tmp_path / "eval" / "table.md").read_text()
+    assert "| ours + mlp+mirror P-MPJPE |" in (tmp_path / "eval" / "per_joint.md").read_text()
+    refused = CliRunner().invoke(app, [*command, "--space", "2d", "--out", str(tmp_path / "eval2d")])
+    assert refused.exit_code == 2 and "--mirror-fit needs 3D ground truth" in refused.output
+    assert "Traceback" not in refused.output
+
+    # The training side predicted once serves another evaluation with the same numbers.
+    from pipeline.evaluate import predict_training_side, run_eval
+
+    side = predict_training_side(tmp_path / "run", split_caches["train"], "3d", mirror_fit=True)
+    caches = (tmp_path / "run", split_caches["train"], split_caches["test"])
+    again = run_eval(*caches, tmp_path / "again", EvalConfig(regressors=("mlp",)), training=side)
+    assert again["results"] == record["results"]
+    with pytest.raises(ValueError, match="predicted for"):
+        run_eval(*caches, tmp_path / "2d", space="2d", training=side)
+
+
 def test_eval_refuses_a_cache_without_3d_truth_and_a_run_without_checkpoint(
     split_caches, tmp_path, good_images
 ):

@@ -8,7 +8,9 @@ left/right label swapped, so that a left joint stays labelled left. Used to
 - augment the supervised bound's batches (`SupervisedLosses.mirror`), and
 - give the keypoint-to-joint regressor the mirror image of each training pair
   (`predict_mirrored`): the keypoints the network finds in the mirrored sample, and the
-  mirrored joints.
+  mirrored joints; `fit_with_mirror_images` fits the paper's MLP on both and scores it
+  (the `MIRROR_FIT` row of `keydiff3d-train eval --mirror-fit`, the demo and the quality
+  benchmark, reported beside the paper's MLP).
 
 Only pixel features can be mirrored this way: a UNet's features of a flipped image are
 not its flipped features, so caches read through their diffusion features are refused.
@@ -16,18 +18,24 @@ not its flipped features, so caches read through their diffusion features are re
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cache_schema import CacheReader
+from stages.evaluation.evaluate import EvalConfig, RegressionResult, regress_and_score
 from stages.evaluation.ground_truth_set import GroundTruthTrainingSet
 from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
 from stages.keypoints import geometry
 from stages.keypoints.errors import TrainingError
 from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
+
+MIRROR_FIT = "mlp+mirror"
+"""The regression label of the MLP fitted on the training pairs and their mirror images."""
 
 
 def mirror_samples(
@@ -65,7 +73,11 @@ def label_swap(cache: Path) -> torch.Tensor:
 
 
 def predict_mirrored(
-    model: KeyDiff3DModel, cache: Path, num_views: int, batch_size: int = 8
+    model: KeyDiff3DModel,
+    cache: Path,
+    num_views: int,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:
     """The keypoints of every done sample's mirror image, and its mirrored joints.
 
@@ -80,7 +92,7 @@ def predict_mirrored(
     dataset = GroundTruthTrainingSet(
         [cache], num_views, model.config.render_size, False, model.config.pixel_input_size
     )
-    model = model.eval()
+    model = model.to(device).eval()
     points, joints = [], []
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
@@ -88,13 +100,38 @@ def predict_mirrored(
             batch = dataset.__getitems__(rows)
             every = torch.ones(len(rows), dtype=torch.bool)
             batch, mirrored = mirror_samples(batch, batch["joints_3d"], every, swap, model.config.image_size)
+            batch = {name: value.to(device) for name, value in batch.items()}
             keypoints, _ = model.predict_keypoints(
                 model_inputs(model, batch), batch["intrinsics"], batch["world_to_camera"]
             )
-            points.append(keypoints.numpy())
+            points.append(keypoints.cpu().numpy())
             joints.append(mirrored.numpy())
     return {
         "index": dataset.items[:, 1],
         "keypoints_3d": np.concatenate(points).astype(np.float32),
         "joints_3d": np.concatenate(joints),
     }
+
+
+def fit_with_mirror_images(
+    train_keypoints: np.ndarray,
+    train_joints: np.ndarray,
+    mirrored: dict[str, np.ndarray],
+    test_keypoints: np.ndarray,
+    test_joints: np.ndarray,
+    config: EvalConfig,
+    joint_names: Sequence[str] | None = None,
+) -> RegressionResult:
+    """The paper's MLP fitted on the training pairs plus their mirror images, scored on the test set.
+
+    train_keypoints (S, N, 3) and train_joints (S, J, 3) are the training pairs, mirrored is
+    `predict_mirrored`'s output for the same samples, test_keypoints (T, N, 3) and
+    test_joints (T, J, 3) the test set. The regressor reads no label the paper's MLP does
+    not: the mirror images are the training samples seen with their sides exchanged."""
+    keypoints = np.concatenate([train_keypoints, mirrored["keypoints_3d"]])
+    joints = np.concatenate([train_joints, mirrored["joints_3d"]])
+    (fitted,) = regress_and_score(
+        keypoints, joints, test_keypoints, test_joints, dataclasses.replace(config, regressors=("mlp",)),
+        joint_names=joint_names,
+    )  # fmt: skip
+    return dataclasses.replace(fitted, regression=MIRROR_FIT)
