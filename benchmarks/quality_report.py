@@ -72,8 +72,9 @@ def per_joint_tables(rows: list[dict]) -> str:
 
 def per_clip_tables(rows: list[dict]) -> str:
     """Per category with several clips and per test set, flip-aware P-MPJPE per motion clip
-    (mm): the Procrustes mean shape, the nearest training pose, ours + MLP (every seed), the
-    untrained network + MLP and the supervised bound. Shows on which motions ours beats the
+    (mm): the Procrustes mean shape, the nearest training pose, ours + MLP (every seed, and
+    fitted with the mirror images where the rows hold them), the untrained network + MLP and
+    the supervised bound. Shows on which motions ours beats the
     constant and on which the training clips hold no similar pose."""
     out = []
     for category in sorted({r["category"] for r in rows}):
@@ -87,6 +88,8 @@ def per_clip_tables(rows: list[dict]) -> str:
                 elif r["method"] in ("ours", "untrained") and r["regression"] == "mlp":
                     seed = f" seed {r['seed']}" if r["method"] == "ours" else ""
                     picked[f"{r['method']} + MLP{seed}"] = r
+                elif r["method"] == "ours" and r["regression"] == MIRROR:
+                    picked[f"ours + MLP+mirror seed {r['seed']}"] = r
             clips = sorted({c for r in picked.values() for c in r["per_clip_mm"]})
             if len(clips) < 2:
                 continue

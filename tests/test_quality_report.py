@@ -80,3 +80,23 @@ def test_the_mirror_fitted_mlp_is_reported_beside_the_verdict_not_judged(quality
         "quadruped, held-out motions, for reference (not judged): ours + MLP fitted with the mirror "
         "images 80.0 = 0.80x at worst (untrained 125.0)"
     )
+
+
+def test_per_clip_table_puts_the_mirror_fitted_mlp_beside_the_paper_mlp(quality_report):
+    def row(method, regression, values, seed="-"):
+        pairs = zip(("crawl", "punch"), values, strict=True)
+        clips = {clip: {"samples": 3, "pf_mpjpe": value} for clip, value in pairs}
+        return {
+            "category": "humanoid", "test": "held-out motions", "method": method, "regression": regression,
+            "seed": seed, "per_clip_mm": clips,
+        }  # fmt: skip
+
+    rows = [
+        row("Procrustes mean", "Procrustes mean", (200.0, 120.0)),
+        row("ours", "mlp", (210.0, 110.0), seed=0),
+        row("ours", "linear", (300.0, 300.0), seed=0),
+        row("ours", "mlp+mirror", (190.0, 105.0), seed=0),
+    ]
+    table = quality_report.per_clip_tables(rows)
+    assert "| clip | samples | Procrustes mean | ours + MLP seed 0 | ours + MLP+mirror seed 0 |" in table
+    assert "| crawl | 3 | 200.0 | 210.0 | 190.0 |" in table and "300.0" not in table
