@@ -216,6 +216,9 @@ def eval_command(
     regressor: str = typer.Option("linear,mlp", help="Comma list of linear | mlp."),
     ridge: float = typer.Option(0.0, help="Ridge penalty of the linear regressor."),
     seed: int = typer.Option(0, help="Seed of the MLP regressor."),
+    mlp_seeds: int = typer.Option(
+        1, "--mlp-seeds", help="MLPs fitted from seeds SEED, SEED+1, ...; the mlp row predicts their mean."
+    ),
     root_joint: int = typer.Option(0, help="Joint index N-MPJPE centres on."),
     space: str = typer.Option(
         "auto", help="3d (MPJPE family) | 2d (input-view error / image size, birds and dogs) | auto"
@@ -242,7 +245,7 @@ def eval_command(
         check_out_folder(out)
         check_threads(threads)  # before the progress bar is drawn
         config = EvalConfig(
-            tuple(r.strip() for r in regressor.split(",") if r.strip()), ridge, seed, root_joint
+            tuple(r.strip() for r in regressor.split(",") if r.strip()), ridge, seed, root_joint, mlp_seeds
         )
         with tqdm(desc="predicting", unit="sample") as bar:
             record = run_eval(

@@ -155,6 +155,29 @@ def test_regressors_beat_the_mean_pose_when_keypoints_carry_the_pose():
         mean_pose_baseline(joints[:150], joints[150:], 0, joint_names=names[:4])
 
 
+def test_mlp_seeds_average_the_predictions_of_mlps_from_consecutive_seeds(monkeypatch):
+    import stages.evaluation.evaluate as evaluate
+    from stages.evaluation.regressors import MLPRegressor
+
+    # 5 epochs instead of 100 keep it quick; how the fits are combined is what is under test.
+    monkeypatch.setattr(evaluate, "MLPRegressor", lambda seed: MLPRegressor(seed=seed, epochs=5))
+    rng = np.random.default_rng(1)
+    joints = rng.normal(size=(60, 4, 3)) * 0.2
+    keypoints = np.tanh(joints.reshape(60, 12) @ rng.normal(size=(12, 18))).reshape(60, 6, 3)
+    names = ["centre", "left_hand", "right_hand", "head"]
+    flat = keypoints.reshape(60, -1)
+    single = [MLPRegressor(seed=s, epochs=5).fit(flat[:40], joints[:40].reshape(40, -1)) for s in (3, 4)]
+    expected = np.mean([m.predict(flat[40:]) for m in single], axis=0).reshape(20, 4, 3)
+    splits = (keypoints[:40], joints[:40], keypoints[40:], joints[40:])
+    config = EvalConfig(("mlp",), seed=3, mlp_seeds=2)
+    (ensemble,) = regress_and_score(*splits, config, joint_names=names)
+    (first,) = regress_and_score(*splits, dataclasses.replace(config, mlp_seeds=1), joint_names=names)
+    np.testing.assert_allclose(ensemble.predictions, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(first.predictions, single[0].predict(flat[40:]).reshape(20, 4, 3))
+    with pytest.raises(ValueError, match="mlp_seeds must be >= 1"):
+        EvalConfig(mlp_seeds=0)
+
+
 def test_supervised_upper_bound_moves_keypoints_towards_the_joints(split_caches):
     from cache_schema import CacheReader
 
