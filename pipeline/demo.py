@@ -291,6 +291,7 @@ Budget {result["budget_minutes"]:g} min on {result["cpu_count"]} CPU cores; took
 ## Results on held-out clips
 
 **{against_mean_shape(result)}.**
+
 {against_mean_shape(result, MIRROR_FIT)}.
 
 {tables["table"]}
@@ -306,6 +307,7 @@ the quality benchmark and how far they are from the paper's numbers.
 ## Results on new draws of the training motions
 
 **{against_mean_shape(result["seen_motions"])}.**
+
 {against_mean_shape(result["seen_motions"], MIRROR_FIT)}.
 
 {result["seen_motions"]["test_samples"]} samples of the training clips drawn afresh (times, yaws,
