@@ -33,6 +33,7 @@ from stages.keypoints import geometry
 from stages.keypoints.errors import TrainingError
 from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
+from stages.keypoints.predict import cache_fits_model
 
 MIRROR_FIT = "mlp+mirror"
 """The regression label of the MLP fitted on the training pairs and their mirror images."""
@@ -88,6 +89,7 @@ def predict_mirrored(
         raise TrainingError(
             f"{cache}: mirrored predictions need a pixel-feature model, not diffusion features"
         )
+    cache_fits_model(model, CacheReader(cache))
     swap = label_swap(cache)
     dataset = GroundTruthTrainingSet(
         [cache], num_views, model.config.render_size, False, model.config.pixel_input_size

@@ -17,6 +17,22 @@ from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
 
 
+def cache_fits_model(model: KeyDiff3DModel, reader: CacheReader) -> list[str]:
+    """The cache's feature arrays the model reads (none for pixel features); raises
+    TrainingError, naming the cache, where its image size or feature layers differ from the model's."""
+    if reader.layout.image_size != model.config.image_size:
+        raise TrainingError(
+            f"{reader.path}: image size {reader.layout.image_size} differs from "
+            f"the model's {model.config.image_size}"
+        )
+    if model.config.feature_source != "diffusion":
+        return []
+    wanted = list(reader.feature_array_names())
+    if len(wanted) != len(model.config.feature_layer_channels):
+        raise TrainingError(f"{reader.path}: feature layers {wanted} do not match the model's")
+    return wanted
+
+
 def predict_cache(
     model: KeyDiff3DModel,
     cache: Path,
@@ -35,16 +51,7 @@ def predict_cache(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     reader = CacheReader(cache)
-    if reader.layout.image_size != model.config.image_size:
-        raise TrainingError(
-            f"{cache}: image size {reader.layout.image_size} differs from "
-            f"the model's {model.config.image_size}"
-        )
-    wanted = (
-        [name for name in reader.feature_array_names()] if model.config.feature_source == "diffusion" else []
-    )
-    if model.config.feature_source == "diffusion" and len(wanted) != len(model.config.feature_layer_channels):
-        raise TrainingError(f"{cache}: feature layers {wanted} do not match the model's")
+    wanted = cache_fits_model(model, reader)
     dataset = CacheTrainingSet(
         [cache], num_views, model.config.render_size, bool(wanted), model.config.pixel_input_size
     )
