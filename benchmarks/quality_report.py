@@ -13,9 +13,10 @@ TEST_SETS = ("held-out motions", "seen motions")
 new draws (time, yaw, appearance, light) of the training clips, as Human3.6M's protocol
 tests unseen subjects on the actions it trained on."""
 
-MIRROR = "mlp+mirror"
-"""The regression label of the MLP fitted on the training pairs and their mirror images:
-reported beside the paper's MLP, never judged (`check_targets`)."""
+MIRROR = "mlp+mirror x5"
+"""The regression label of the project's protocol, the mean of 5 MLPs fitted on the training
+pairs and their mirror images (`stages.evaluation.mirror.mirror_fit_label`; repeated here so
+that this module loads without torch). `check_targets` judges it beside the paper's MLP."""
 
 TARGET_SET = "held-out motions"
 """Issue 12 sets its targets on held-out motions only; the seen-motion lines are for reference."""
@@ -89,7 +90,7 @@ def per_clip_tables(rows: list[dict]) -> str:
                     seed = f" seed {r['seed']}" if r["method"] == "ours" else ""
                     picked[f"{r['method']} + MLP{seed}"] = r
                 elif r["method"] == "ours" and r["regression"] == MIRROR:
-                    picked[f"ours + MLP+mirror seed {r['seed']}"] = r
+                    picked[f"ours + MLP+mirror x5 seed {r['seed']}"] = r
             clips = sorted({c for r in picked.values() for c in r["per_clip_mm"]})
             if len(clips) < 2:
                 continue
@@ -114,7 +115,9 @@ def check_targets(rows: list[dict]) -> list[str]:
     on the flip-aware P-MPJPE against the mean shape's flip-aware P-MPJPE, and its plain
     P-MPJPE is printed beside it. Only the held-out motions are judged (`TARGET_SET`): a
     seen-motion line says "yes" or "no" against the same bars, for reference. Where the rows
-    hold the `MIRROR` regression, a line per test set states its ratio, unjudged."""
+    hold the `MIRROR` regression (the project's protocol), a second line per test set judges
+    ours + MLP under it against the same bar and against the untrained network fitted the
+    same way; the first line always judges the paper's single MLP."""
     lines = []
     for category in sorted({r["category"] for r in rows}):
         for label in TEST_SETS:
@@ -161,11 +164,18 @@ def check_targets(rows: list[dict]) -> list[str]:
                 f"vs untrained {control:.1f}: {verdict(worst < control)}"
             )
             if mirrored:
-                # Reported beside the verdicts, never as one: the issue's targets are for the paper's MLP.
-                control_note = f" (untrained {mirrored_control[0]:.1f})" if mirrored_control else ""
+                # A verdict of its own, never folded into the paper's: both protocols are shown.
+                worst_mirrored = max(mirrored)
+                control_note = (
+                    f"; vs untrained {mirrored_control[0]:.1f} (same protocol): "
+                    f"{verdict(worst_mirrored < mirrored_control[0])}"
+                    if mirrored_control
+                    else ""
+                )
                 lines.append(
-                    f"{category}, {label}, for reference (not judged): ours + MLP fitted with the mirror "
-                    f"images {', '.join(f'{v:.1f}' for v in mirrored)} = {max(mirrored) / shape:.2f}x at "
-                    f"worst{control_note}"
+                    f"{category}, {heading}, the project's protocol (5 MLPs fitted with the mirror "
+                    f"images): ours+MLP {', '.join(f'{v:.1f}' for v in mirrored)} = "
+                    f"{worst_mirrored / shape:.2f}x at worst (target <= {ratio}x): "
+                    f"{verdict(worst_mirrored <= ratio * shape)}{control_note}"
                 )
     return lines

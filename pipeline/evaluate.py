@@ -152,7 +152,8 @@ def run_eval(
     MLP regressor keeps its own single thread, see MLPRegressor).
 
     mirror_fit: also fit the MLP on the training pairs plus their mirror images (3D, pixel-
-    feature runs only; `stages.evaluation.mirror`), an extra result row 'mlp+mirror'.
+    feature runs only; `stages.evaluation.mirror`), the mean of config.mirror_mlp_seeds of
+    them: an extra result row, 'mlp+mirror x5' by default (`mirror_fit_label`).
 
     training: `predict_training_side`'s result for this run and train cache, to skip
     predicting it again (its mirror images then decide mirror_fit).

@@ -40,8 +40,7 @@ def demo_command(
     ),
 ) -> None:
     """Render the synthetic world, train without labels, evaluate on held-out clips, write a report."""
-    from pipeline.demo import DemoConfig, against_mean_shape, run_demo
-    from stages.evaluation.mirror import MIRROR_FIT
+    from pipeline.demo import PROTOCOL, DemoConfig, against_mean_shape, run_demo
 
     try:
         check_out_folder(out)
@@ -92,7 +91,7 @@ def demo_command(
         (f"seen motions ({seen['test_samples']} new draws)", seen),
     ):
         typer.echo(f"  {label}: {against_mean_shape(scored)}")
-        typer.echo(f"  {' ' * len(label)}  {against_mean_shape(scored, MIRROR_FIT)}")
+        typer.echo(f"  {' ' * len(label)}  {against_mean_shape(scored, PROTOCOL)}")
     typer.echo(f"  report:  {result.report}")
     for name, path in s["files"].items():
         typer.echo(f"  {name + ':':20s} {path}")

@@ -217,7 +217,16 @@ def eval_command(
     ridge: float = typer.Option(0.0, help="Ridge penalty of the linear regressor."),
     seed: int = typer.Option(0, help="Seed of the MLP regressor."),
     mlp_seeds: int = typer.Option(
-        1, "--mlp-seeds", help="MLPs fitted from seeds SEED, SEED+1, ...; the mlp row predicts their mean."
+        1,
+        "--mlp-seeds",
+        help="MLPs fitted from seeds SEED, SEED+1, ...; the mlp row (labelled 'mlp xN' above 1) "
+        "predicts their mean. 1 is the paper's single MLP.",
+    ),
+    mirror_mlp_seeds: int = typer.Option(
+        5,
+        "--mirror-mlp-seeds",
+        help="With --mirror-fit: MLPs averaged in the mirror-image row ('mlp+mirror x5' by default, "
+        "the project's regression protocol).",
     ),
     root_joint: int = typer.Option(0, help="Joint index N-MPJPE centres on."),
     space: str = typer.Option(
@@ -233,7 +242,8 @@ def eval_command(
         False,
         "--mirror-fit",
         help="Also fit the MLP on the training pairs plus their mirror images (views flipped, joints "
-        "reflected and relabelled left/right): an extra 'mlp+mirror' row. 3D, pixel-feature runs only.",
+        "reflected and relabelled left/right), the mean of --mirror-mlp-seeds of them: an extra "
+        "'mlp+mirror x5' row, the project's regression protocol. 3D, pixel-feature runs only.",
     ),
 ) -> None:
     """Map discovered keypoints to ground-truth joints and report MPJPE, N-MPJPE, P-MPJPE and
@@ -245,7 +255,12 @@ def eval_command(
         check_out_folder(out)
         check_threads(threads)  # before the progress bar is drawn
         config = EvalConfig(
-            tuple(r.strip() for r in regressor.split(",") if r.strip()), ridge, seed, root_joint, mlp_seeds
+            tuple(r.strip() for r in regressor.split(",") if r.strip()),
+            ridge,
+            seed,
+            root_joint,
+            mlp_seeds,
+            mirror_mlp_seeds,
         )
         with tqdm(desc="predicting", unit="sample") as bar:
             record = run_eval(

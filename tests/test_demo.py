@@ -45,7 +45,7 @@ def test_budgeted_demo_plans_its_steps_writes_the_report_and_resumes_to_the_same
     assert set(summary["minutes"]) == {"render", "train", "evaluate", "total"}
     # The seen-motions test set: new draws of the training clips, scored by their own regressors.
     seen = summary["seen_motions"]
-    rows = {"linear", "mlp", "mlp+mirror"}
+    rows = {"linear", "mlp", "mlp+mirror x5"}
     assert seen["test_samples"] == 6 and {r["regression"] for r in seen["results"]} == rows
     assert {r["regression"] for r in summary["results"]} == rows
     assert seen["results"] != summary["results"]
@@ -55,8 +55,9 @@ def test_budgeted_demo_plans_its_steps_writes_the_report_and_resumes_to_the_same
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert "## Results on new draws of the training motions" in report
     assert report.count("the Procrustes mean shape in P-MPJPE") == 4
-    assert report.count("ours + MLP fitted with the mirror images") == 2
-    assert "| KeyDiff3D (ours) | 4 | 6 | mlp+mirror |" in report
+    assert report.count("ours + MLP (this project's protocol: 5 MLPs fitted with the mirror images)") == 2
+    assert report.count("ours + MLP (the paper's single MLP)") == 2
+    assert "| KeyDiff3D (ours) | 4 | 6 | mlp+mirror x5 |" in report
     assert len(pictures) == 6 and any(p.endswith("consistency.png") for p in pictures)
     assert "| flip-aware P-MPJPE (mm) |" in report and "| left_knee |" in report
     assert "| keypoint | most often nearest joint | consistency |" in report
@@ -91,8 +92,11 @@ def test_demo_command_with_the_cpu_preset_prints_a_summary(tmp_path):
     shape = next(b for b in summary["baselines"] if "Procrustes" in b["method"])["p_mpjpe_mm"]
     verdict = f"the Procrustes mean shape in P-MPJPE: {mlp:.1f} vs {shape:.1f} mm ({shape - mlp:+.1f} mm"
     assert verdict in result.output and verdict in (out / "report.md").read_text()
-    mirrored = next(r for r in summary["results"] if r["regression"] == "mlp+mirror")["p_mpjpe_mm"]
-    line = f"ours + MLP fitted with the mirror images {'beats' if mirrored < shape else 'does NOT beat'}"
+    mirrored = next(r for r in summary["results"] if r["regression"] == "mlp+mirror x5")["p_mpjpe_mm"]
+    line = (
+        "ours + MLP (this project's protocol: 5 MLPs fitted with the mirror images) "
+        f"{'beats' if mirrored < shape else 'does NOT beat'}"
+    )
     assert f"{line} the Procrustes mean shape in P-MPJPE: {mirrored:.1f} vs {shape:.1f} mm" in result.output
     assert (
         "held-out motions: ours + MLP" in result.output

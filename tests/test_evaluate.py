@@ -101,11 +101,20 @@ def test_eval_with_mirror_fit_adds_the_mlp_fitted_with_the_mirror_images(split_c
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert record["mirror_fit"] is True
     plain, mirrored = record["results"]
-    assert (plain["regression"], mirrored["regression"]) == ("mlp", "mlp+mirror")
-    # Twice the training pairs, the same seed: a different fit, scored on the same test samples.
+    # The project's protocol by default: the mean of 5 MLPs fitted with the mirror images.
+    assert (plain["regression"], mirrored["regression"]) == ("mlp", "mlp+mirror x5")
+    assert record["eval_config"]["mirror_mlp_seeds"] == 5 and record["eval_config"]["mlp_seeds"] == 1
+    # Twice the training pairs, more fits: other predictions, scored on the same test samples.
     assert np.isfinite(mirrored["p_mpjpe_mm"]) and mirrored["p_mpjpe_mm"] != plain["p_mpjpe_mm"]
-    assert "| KeyDiff3D (ours) | 4 | 6 | mlp+mirror |" in (tmp_path / "eval" / "table.md").read_text()
-    assert "| ours + mlp+mirror P-MPJPE |" in (tmp_path / "eval" / "per_joint.md").read_text()
+    assert "| KeyDiff3D (ours) | 4 | 6 | mlp+mirror x5 |" in (tmp_path / "eval" / "table.md").read_text()
+    assert "| ours + mlp+mirror x5 P-MPJPE |" in (tmp_path / "eval" / "per_joint.md").read_text()
+    single = CliRunner().invoke(app, [*command, "--mirror-mlp-seeds", "1", "--out", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())["results"]
+    assert [r["regression"] for r in one] == ["mlp", "mlp+mirror"] and one[0] == plain
+    assert one[1]["p_mpjpe_mm"] != mirrored["p_mpjpe_mm"]
+    zero = CliRunner().invoke(app, [*command, "--mirror-mlp-seeds", "0", "--out", str(tmp_path / "zero")])
+    assert zero.exit_code == 2 and "mirror_mlp_seeds must be >= 1" in zero.output
     refused = CliRunner().invoke(app, [*command, "--space", "2d", "--out", str(tmp_path / "eval2d")])
     assert refused.exit_code == 2 and "--mirror-fit needs 3D ground truth" in refused.output
     assert "Traceback" not in refused.output
@@ -174,8 +183,12 @@ def test_mlp_seeds_average_the_predictions_of_mlps_from_consecutive_seeds(monkey
     (first,) = regress_and_score(*splits, dataclasses.replace(config, mlp_seeds=1), joint_names=names)
     np.testing.assert_allclose(ensemble.predictions, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(first.predictions, single[0].predict(flat[40:]).reshape(20, 4, 3))
+    # The row says how many MLPs it averages; the paper's single MLP keeps its plain label.
+    assert (ensemble.regression, first.regression) == ("mlp x2", "mlp")
     with pytest.raises(ValueError, match="mlp_seeds must be >= 1"):
         EvalConfig(mlp_seeds=0)
+    with pytest.raises(ValueError, match="mirror_mlp_seeds must be >= 1"):
+        EvalConfig(mirror_mlp_seeds=0)
 
 
 def test_supervised_upper_bound_moves_keypoints_towards_the_joints(split_caches):
