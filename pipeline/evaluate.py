@@ -30,7 +30,7 @@ from stages.evaluation.evaluate import (
     regress_and_score_2d,
 )
 from stages.evaluation.mirror import fit_with_mirror_images, predict_mirrored
-from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, load_run
+from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, choose_checkpoint, load_run
 from stages.keypoints.predict import predict_cache
 from stages.threads import choose_threads, torch_threads
 
@@ -156,7 +156,8 @@ def run_eval(
     them: an extra result row, 'mlp+mirror x5' by default (`mirror_fit_label`).
 
     training: `predict_training_side`'s result for this run and train cache, to skip
-    predicting it again (its mirror images then decide mirror_fit).
+    predicting it again (its mirror images then decide mirror_fit). One predicted for
+    another cache, space or checkpoint than run_dir's current one is refused.
     """
     config = config or EvalConfig()
     space = evaluation_space(test_cache, space)
@@ -164,6 +165,12 @@ def run_eval(
         training = predict_training_side(run_dir, train_cache, space, device, progress, threads, mirror_fit)
     elif training.space != space or training.cache != Path(train_cache):
         raise ValueError(f"the training side was predicted for {training.cache} in {training.space}")
+    elif training.run.checkpoint.resolve() != _checkpoint_of(run_dir):
+        # Another run's (or an older checkpoint's) keypoints would be mixed with this run's.
+        raise ValueError(
+            f"the training side was predicted with {training.run.checkpoint}, not with {run_dir}'s "
+            "current checkpoint"
+        )
     run, train, train_truth, names = training.run, training.predicted, training.truth, training.joint_names
     mirrored = training.mirrored
     run_config = json.loads((Path(run_dir) / RUN_CONFIG).read_text())["stage_two"]
@@ -245,6 +252,12 @@ def run_eval(
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     (out / "table.md").write_text(table)
     return record
+
+
+def _checkpoint_of(run_dir: Path) -> Path | None:
+    """The resolved checkpoint `load_run(run_dir)` would load now (None: the run has none)."""
+    path = choose_checkpoint(Path(run_dir)).path
+    return None if path is None else path.resolve()
 
 
 def _per_joint_percent(result: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -128,6 +129,11 @@ def test_eval_with_mirror_fit_adds_the_mlp_fitted_with_the_mirror_images(split_c
     assert again["results"] == record["results"]
     with pytest.raises(ValueError, match="predicted for"):
         run_eval(*caches, tmp_path / "2d", space="2d", training=side)
+    # Another run's keypoints are never mixed in, even from a copy of the same checkpoint.
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    with pytest.raises(ValueError, match="not with .*copy's current checkpoint"):
+        run_eval(tmp_path / "copy", *caches[1:], tmp_path / "other", training=side)
+    assert not (tmp_path / "other").exists()
 
 
 def test_eval_refuses_a_cache_without_3d_truth_and_a_run_without_checkpoint(
