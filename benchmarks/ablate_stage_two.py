@@ -37,7 +37,7 @@ from bench_quality import (
 )
 
 from cache_schema import CacheReader
-from stages.evaluation.evaluate import procrustes_mean_baseline
+from stages.evaluation.evaluate import EvalConfig, procrustes_mean_baseline
 from stages.evaluation.supervised import SupervisedLosses
 from stages.keypoints.config import StageTwoConfig
 from stages.synthetic.world import SyntheticWorldConfig
@@ -103,8 +103,15 @@ def main() -> None:
     parser.add_argument(
         "--mirror-fit",
         action="store_true",
-        help="with --method ours: also an 'mlp+mirror' row, the MLP fitted on the training pairs "
-        "and on their mirror images",
+        help="with --method ours: also the row of MLPs fitted on the training pairs and on their "
+        "mirror images ('mlp+mirror x5', the project's protocol)",
+    )
+    parser.add_argument(
+        "--mirror-mlp-seeds",
+        type=int,
+        default=EvalConfig.mirror_mlp_seeds,
+        help="with --mirror-fit: MLPs averaged in that row (1: the single MLP of the ninth "
+        "screening, 'mlp+mirror')",
     )
     parser.add_argument("--name", default=None)
     parser.add_argument("--work", type=Path, default=Path("bench-results/ablation-work"))
@@ -141,7 +148,9 @@ def run(args: argparse.Namespace) -> None:
     tic = time.perf_counter()
     if args.method == "ours":
         run = folder / f"{name}-seed{args.seed}-{int(time.time())}"
-        results, minutes = ours(run.parent, run.name, train, tests, config, args.mirror_fit)
+        results, minutes = ours(
+            run.parent, run.name, train, tests, config, args.mirror_fit, args.mirror_mlp_seeds
+        )
     else:
         results, minutes = supervised(train, tests, config, losses)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -132,14 +132,20 @@ def summarised(result: Any, clips: list[str]) -> dict:
 
 
 def keypoint_rows(
-    model: Any, num_views: int, train: Path, tests: dict[str, Path], mirror_fit: bool = False
+    model: Any,
+    num_views: int,
+    train: Path,
+    tests: dict[str, Path],
+    mirror_fit: bool = False,
+    mirror_mlp_seeds: int = EvalConfig.mirror_mlp_seeds,
 ) -> list[dict]:
     """Predict the train cache and every test cache, fit each regressor once on train, score
     it on each test set.
 
     Each row also holds the mean keypoint-consistency of the keypoints on that test cache.
     mirror_fit adds the project's protocol row, 'mlp+mirror x5': the mean of 5 MLPs fitted
-    on the training pairs and their mirror images (`stages.evaluation.mirror`)."""
+    on the training pairs and their mirror images (`stages.evaluation.mirror`; another
+    mirror_mlp_seeds averages that many, for the ablations)."""
     a = predict_cache(model, train, num_views)
     names = joint_names(train)
     train_keypoints, train_joints = a["keypoints_3d"], truth(train, a["index"])
@@ -149,7 +155,7 @@ def keypoint_rows(
     # test set (the same seed and data gave the same fit each time).
     test_keypoints = np.concatenate([b["keypoints_3d"] for b in predicted.values()])
     test_joints = np.concatenate(list(joints.values()))
-    config = EvalConfig()
+    config = EvalConfig(mirror_mlp_seeds=mirror_mlp_seeds)
     results = regress_and_score(
         train_keypoints, train_joints, test_keypoints, test_joints, config, joint_names=names
     )
@@ -176,14 +182,20 @@ def keypoint_rows(
 
 
 def ours(
-    folder: Path, name: str, train: Path, tests: dict[str, Path], config: Any, mirror_fit: bool = False
+    folder: Path,
+    name: str,
+    train: Path,
+    tests: dict[str, Path],
+    config: Any,
+    mirror_fit: bool = False,
+    mirror_mlp_seeds: int = EvalConfig.mirror_mlp_seeds,
 ) -> tuple[list[dict], float]:
     """Train self-supervised, then `keypoint_rows`; rows and training minutes."""
     tic = time.perf_counter()
     fit(FitJob((train,), folder / name, config))
     minutes = (time.perf_counter() - tic) / 60
     run = load_run(folder / name)
-    return keypoint_rows(run.model, run.num_views, train, tests, mirror_fit), minutes
+    return keypoint_rows(run.model, run.num_views, train, tests, mirror_fit, mirror_mlp_seeds), minutes
 
 
 def untrained(train: Path, tests: dict[str, Path], config: Any, mirror_fit: bool = False) -> list[dict]:
