@@ -30,7 +30,7 @@ from stages.evaluation.evaluate import (
     regress_and_score_2d,
 )
 from stages.evaluation.mirror import fit_with_mirror_images, predict_mirrored
-from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, choose_checkpoint, load_run
+from stages.keypoints.checkpoint import RUN_CONFIG, TrainedRun, latest_checkpoint, load_run
 from stages.keypoints.predict import predict_cache
 from stages.threads import choose_threads, torch_threads
 
@@ -165,7 +165,7 @@ def run_eval(
         training = predict_training_side(run_dir, train_cache, space, device, progress, threads, mirror_fit)
     elif training.space != space or training.cache != Path(train_cache):
         raise ValueError(f"the training side was predicted for {training.cache} in {training.space}")
-    elif training.run.checkpoint.resolve() != _checkpoint_of(run_dir):
+    elif training.run.checkpoint.resolve() != (latest_checkpoint(Path(run_dir)) or Path()).resolve():
         # Another run's (or an older checkpoint's) keypoints would be mixed with this run's.
         raise ValueError(
             f"the training side was predicted with {training.run.checkpoint}, not with {run_dir}'s "
@@ -252,12 +252,6 @@ def run_eval(
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     (out / "table.md").write_text(table)
     return record
-
-
-def _checkpoint_of(run_dir: Path) -> Path | None:
-    """The resolved checkpoint `load_run(run_dir)` would load now (None: the run has none)."""
-    path = choose_checkpoint(Path(run_dir)).path
-    return None if path is None else path.resolve()
 
 
 def _per_joint_percent(result: dict[str, Any]) -> dict[str, Any]:
