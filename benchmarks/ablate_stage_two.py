@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_quality import (
+from quality_models import (
     SUPERVISED_LOSSES,
     BoundSettings,
     base_config,

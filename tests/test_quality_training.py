@@ -1,0 +1,96 @@
+"""The quality benchmark's trainings in worker processes (benchmarks/quality_training.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("pybullet")
+
+from cache_schema import CacheReader  # noqa: E402
+from pipeline.generate import GenerateJob, run_generate  # noqa: E402
+from stages.config import GenerationConfig  # noqa: E402
+from stages.evaluation.supervised import SupervisedLosses  # noqa: E402
+from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
+from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
+from tests.fixtures.stage_two import TINY_STAGE_TWO  # noqa: E402
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def quality_training(monkeypatch):
+    # On sys.path, as the benchmark has it, so that spawned workers can import it too.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import quality_training
+
+    return quality_training
+
+
+@pytest.fixture(scope="module")
+def train_cache(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quality_training") / "train.zarr"
+    world = SyntheticWorldConfig("humanoid", "train", num_samples=8, seed=0)
+    run_generate(
+        GenerateJob(None, None, out, GenerationConfig(resolution=32), "render", world, progress=False)
+    )
+    return out
+
+
+def jobs(module, train: Path, folder: Path) -> list:
+    """Ours for 2 steps (seeds 0 and 1) and a weight-averaged bound for 3, listed shortest first."""
+    joints = len(CacheReader(train).layout.ground_truth.joint_names)
+    bound = dataclasses.replace(TINY_STAGE_TWO, num_keypoints=joints, steps=3)
+    return [
+        *(
+            module.TrainingJob(
+                f"ours-{seed}",
+                train,
+                folder / f"ours-{seed}",
+                dataclasses.replace(TINY_STAGE_TWO, steps=2, seed=seed),
+            )
+            for seed in (0, 1)
+        ),
+        module.TrainingJob("bound", train, folder / "bound", bound, SupervisedLosses(weight_average=0.5)),
+    ]
+
+
+def weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dicts of the jobs' models in `folder`."""
+    models = {name: load_model(latest_checkpoint(folder / name)) for name in ("ours-0", "ours-1")}
+    models["bound"] = load_model(folder / "bound" / "model")
+    return {name: model.state_dict() for name, model in models.items()}
+
+
+def test_trainings_in_two_workers_give_the_weights_of_one_after_another(
+    quality_training, train_cache, tmp_path
+):
+    minutes = {}
+    for workers in (1, 2):
+        minutes[workers] = quality_training.train_all(
+            jobs(quality_training, train_cache, tmp_path / str(workers)), workers
+        )
+    assert set(minutes[1]) == set(minutes[2]) == {"ours-0", "ours-1", "bound"}
+    assert all(m > 0 for m in minutes[2].values())
+    alone, beside = weights(tmp_path / "1"), weights(tmp_path / "2")
+    for name in alone:
+        assert alone[name].keys() == beside[name].keys()
+        for key in alone[name]:
+            assert torch.equal(alone[name][key], beside[name][key]), f"{name}: {key} differs"
+    # The two seeds differ, so the comparison above can tell the models apart.
+    assert not torch.equal(alone["ours-0"]["adjacency"], alone["ours-1"]["adjacency"])
+    assert not (tmp_path / "2" / "bound" / "model.partial").exists()
+
+
+def test_the_bound_starts_first_and_a_failed_job_is_raised(quality_training, train_cache, tmp_path):
+    listed = jobs(quality_training, train_cache, tmp_path)
+    ordered = sorted(listed, key=lambda job: job.longest_first_key)
+    assert [job.name for job in ordered] == ["bound", "ours-0", "ours-1"]
+    missing = dataclasses.replace(listed[0], train=tmp_path / "missing.zarr")
+    with pytest.raises(Exception, match="missing.zarr"):
+        quality_training.train_all([missing, listed[1]], workers=2)
+    with pytest.raises(ValueError, match="unique"):
+        quality_training.train_all([listed[0], listed[0]], workers=1)
