@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cache_schema import CacheReader
+from cache_schema.errors import StoreInUseError
 from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig
 from stages.evaluation.consistency import keypoint_joint_consistency
@@ -26,6 +27,9 @@ from stages.keypoints.predict import predict_cache
 from stages.keypoints.training import FitJob, build_model, fit
 from stages.manipulation.frame_pairs import clip_moments
 from stages.synthetic.world import SyntheticWorldConfig
+
+RENDER_WAIT_SECONDS = 5.0
+"""How often `render` asks again for a cache that another process is rendering."""
 
 
 def base_config(steps: int) -> StageTwoConfig:
@@ -42,13 +46,26 @@ def render(
     seed: int | None = None,
 ) -> Path:
     """A render cache of one split; `seed` defaults to 0 (train) / 1 (test). The seen-motions
-    test set is split 'train' with seed 2: new draws of the training clips."""
+    test set is split 'train' with seed 2: new draws of the training clips.
+
+    Screening runs started together share their caches: while another process renders
+    (holds the store's lock), this one waits for it, then finds the cache done. The lock
+    is an OS lock, released when its holder dies, so the wait cannot outlive it."""
     seed = (0 if split == "train" else 1) if seed is None else seed
     out = folder / f"{category}-{split}{'' if seed in (0, 1) else f'-seed{seed}'}.zarr"
     version = {} if world_version is None else {"version": world_version}
     world = SyntheticWorldConfig(category, split, num_samples=samples, seed=seed, **version)
-    run_generate(GenerateJob(None, None, out, GenerationConfig(), "render", world, workers=2, progress=False))
-    return out
+    job = GenerateJob(None, None, out, GenerationConfig(), "render", world, workers=2, progress=False)
+    waiting = False
+    while True:
+        try:
+            run_generate(job)
+            return out
+        except StoreInUseError as exc:
+            if not waiting:
+                print(f"waiting: {exc}", flush=True)
+            waiting = True
+            time.sleep(RENDER_WAIT_SECONDS)
 
 
 def truth(cache: Path, indices: Any) -> Any:

@@ -1,8 +1,10 @@
-"""The quality benchmark's trainings in worker processes (benchmarks/quality_training.py)."""
+"""The quality benchmark's trainings in worker processes (benchmarks/quality_training.py) and its caches."""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,22 @@ def test_the_bound_starts_first_and_a_failed_job_is_raised(quality_training, tra
         quality_training.train_all([missing, listed[1]], workers=2)
     with pytest.raises(ValueError, match="unique"):
         quality_training.train_all([listed[0], listed[0]], workers=1)
+
+
+def test_render_waits_for_another_process_rendering_the_same_cache(quality_training, tmp_path, monkeypatch):
+    import quality_models
+
+    from pipeline.store_lock import hold_store_lock
+
+    monkeypatch.setattr(quality_models, "RENDER_WAIT_SECONDS", 0.05)
+    out = tmp_path / "humanoid-train.zarr"
+    finished = []
+    with hold_store_lock(out):  # as a screening run started a moment earlier would
+        waiter = threading.Thread(
+            target=lambda: finished.append(quality_models.render(tmp_path, "humanoid", "train", 2))
+        )
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive() and not finished
+    waiter.join(timeout=120)
+    assert finished == [out] and len(CacheReader(out).done_indices()) == 2
