@@ -255,21 +255,23 @@ def _held_out_views(run_dir: Path, cache: Path, out: Path, samples: int = 3) -> 
 
 MEAN_SHAPE = "Procrustes mean shape (baseline)"
 PROTOCOL = mirror_fit_label(EvalConfig())
-"""The project's regression protocol: the mean of 5 MLPs fitted with the mirror images."""
+"""The project's regression protocol: the mean of EvalConfig.mirror_mlp_seeds MLPs fitted
+with the mirror images."""
 MLP_SECONDS_PER_PAIR = 1.5e-3
 """One MLP fit's seconds per training pair on one thread (6.1 s for 4,000 pairs, 2026-12-07)."""
 
 
 def against_mean_shape(result: dict[str, Any], regression: str = "mlp") -> str:
     """One sentence: ours + the regression's P-MPJPE against the Procrustes mean shape's, by
-    how much ('mlp': the paper's MLP; PROTOCOL: the mean of 5 MLPs fitted with the mirror images)."""
+    how much ('mlp': the paper's MLP; PROTOCOL: the mean of several MLPs fitted with the mirror images)."""
     ours = next(r for r in result["results"] if r["regression"] == regression)["p_mpjpe_mm"]
     shape = next(b for b in result["baselines"] if b["method"] == MEAN_SHAPE)["p_mpjpe_mm"]
     verdict = "beats" if ours < shape else "does NOT beat"
+    mlps = EvalConfig().mirror_mlp_seeds
     name = (
         "ours + MLP (the paper's single MLP)"
         if regression == "mlp"
-        else "ours + MLP (this project's protocol: 5 MLPs fitted with the mirror images)"
+        else f"ours + MLP (this project's protocol: {mlps} MLPs fitted with the mirror images)"
     )
     return (
         f"{name} {verdict} the Procrustes mean shape in P-MPJPE: {ours:.1f} vs {shape:.1f} mm "
