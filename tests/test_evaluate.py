@@ -214,15 +214,15 @@ def test_supervised_batches_read_ahead_by_a_worker_give_the_same_losses(split_ca
     joints = len(CacheReader(split_caches["train"]).layout.ground_truth.joint_names)
     config = StageTwoConfig(**{**TINY.to_dict(), "num_keypoints": joints, "steps": 6, "batch_size": 4})
     runs = []
-    for workers in (0, 1):
+    for workers, memory in ((0, False), (1, False), (1, True)):
         losses = []
         train_supervised(
-            dataclasses.replace(config, loader_workers=workers),
+            dataclasses.replace(config, loader_workers=workers, loader_in_memory=memory),
             [split_caches["train"]],
             lambda step, loss, losses=losses: losses.append((step, loss)),
         )
         runs.append(losses)
-    assert [step for step, _ in runs[0]] == [1, 2, 3, 4, 5, 6] and runs[0] == runs[1]
+    assert [step for step, _ in runs[0]] == [1, 2, 3, 4, 5, 6] and runs[0] == runs[1] == runs[2]
 
 
 def test_supervised_bound_with_a_weight_average_ends_at_the_average_of_its_steps(split_caches):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -65,6 +66,14 @@ def test_training_writes_checkpoints_and_resume_gives_the_same_losses(render_cac
     a = load_model(latest_checkpoint(tmp_path / "a")).state_dict()
     b = load_model(latest_checkpoint(tmp_path / "b")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_with_its_caches_held_in_memory_gives_the_same_losses(render_cache, tmp_path):
+    config = dataclasses.replace(TINY, steps=3, loader_workers=1)
+    fit(FitJob((render_cache,), tmp_path / "read", config))
+    fit(FitJob((render_cache,), tmp_path / "held", dataclasses.replace(config, loader_in_memory=True)))
+    assert without_time(losses(tmp_path / "held")) == without_time(losses(tmp_path / "read"))
+    assert len(losses(tmp_path / "read")) == 3
 
 
 def test_learning_rate_schedules():
@@ -271,6 +280,19 @@ def test_only_done_samples_are_trained_on(render_cache, tmp_path):
     assert 0.0 <= float(batch["views"].min()) and float(batch["views"].max()) <= 1.0
     whole = CacheReader(render_cache).read_batch([7], ("world_to_camera",))["world_to_camera"][0]
     assert np.allclose(batch["world_to_camera"][0].numpy(), whole)  # row order = request order
+    # Held in memory: the same batches, failed samples still skipped, any request order.
+    from stages.evaluation.ground_truth_set import GroundTruthTrainingSet
+
+    read, held = (
+        GroundTruthTrainingSet([copy, render_cache], 4, 32, False, feature_view_size=48, in_memory=memory)
+        for memory in (False, True)
+    )
+    for request in ([13, 0, 7], [2, 9, 1, 12], [5]):
+        expected, got = read.__getitems__(request), held.__getitems__(request)
+        assert expected.keys() == got.keys()
+        for name in expected:
+            assert torch.equal(expected[name], got[name]), name
+    assert held._held and not read._held
 
 
 def test_caches_that_disagree_are_refused_by_name(render_cache, tmp_path):

@@ -212,6 +212,7 @@ def train_supervised(
         config.render_size,
         config.feature_source == "diffusion",
         feature_view_size=model.config.pixel_input_size,
+        in_memory=config.loader_in_memory,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

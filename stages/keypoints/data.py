@@ -8,7 +8,7 @@ and a resumed run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +100,9 @@ class StepBatchSampler(torch.utils.data.Sampler):
         return self.stop - self.start
 
 
+ArrayDict = dict[str, np.ndarray]
+
+
 class CacheTrainingSet(torch.utils.data.Dataset):
     """Done samples of several caches as one indexable set; fetches whole batches at once."""
 
@@ -110,9 +113,12 @@ class CacheTrainingSet(torch.utils.data.Dataset):
         render_size: int,
         with_features: bool,
         feature_view_size: int = 0,
+        in_memory: bool = False,
     ):
         """feature_view_size: when > 0 and not render_size, batches also hold 'feature_views',
-        the views at that side, for a pixel encoder that reads them at another resolution."""
+        the views at that side, for a pixel encoder that reads them at another resolution.
+        in_memory: each process reads every done sample's arrays once, at its first batch,
+        and serves its batches from memory (see StageTwoConfig.loader_in_memory)."""
         self.paths = [Path(p) for p in paths]
         self.num_views = num_views
         self.render_size = render_size
@@ -124,6 +130,8 @@ class CacheTrainingSet(torch.utils.data.Dataset):
         ).reshape(-1, 2)
         self.feature_names = readers[0].feature_array_names() if with_features else []
         self._readers: dict[int, list[CacheReader]] = {}
+        self.in_memory = in_memory
+        self._held: dict[int, list[dict[str, np.ndarray]]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -135,6 +143,28 @@ class CacheTrainingSet(torch.utils.data.Dataset):
             self._readers = {pid: [CacheReader(p) for p in self.paths]}
         return self._readers[pid]
 
+    def _read(self, cache: int, samples: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Arrays `names` (B, ...) of the done samples `samples` (sorted) of cache `cache`."""
+        reader = self._open()[cache]
+        if not self.in_memory:
+            return reader.read_batch(samples.tolist(), names)
+        return self._from_memory(cache, samples, names, reader.read_batch)
+
+    def _from_memory(
+        self, cache: int, samples: np.ndarray, names: Sequence[str], read: Callable[..., ArrayDict]
+    ) -> ArrayDict:
+        """Rows of the arrays `names` held for cache `cache`, reading with `read(indices,
+        names)` the ones this process does not hold yet (every done sample at once)."""
+        pid = os.getpid()
+        if pid not in self._held:  # a loader worker holds its own copy
+            self._held = {pid: [{"index": r.done_indices()} for r in self._open()]}
+        held = self._held[pid][cache]
+        missing = [name for name in names if name not in held]
+        if missing:
+            held.update(read(held["index"].tolist(), missing))
+        rows = np.searchsorted(held["index"], samples)
+        return {name: held[name][rows] for name in names}
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
@@ -143,7 +173,6 @@ class CacheTrainingSet(torch.utils.data.Dataset):
         'feature_views' (B, V, 3, S, S) when feature_view_size asks for them,
         intrinsics (B, V, 3, 3) and world_to_camera (B, V, 4, 4) at the cache's image size,
         feature layers 'features/...' (B, V, C_l, h_l, w_l) float16, 'index' (B,)."""
-        readers = self._open()
         picked = self.items[np.asarray(indices, dtype=np.int64)]
         names = VIEW_ARRAYS + tuple(self.feature_names)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -152,7 +181,7 @@ class CacheTrainingSet(torch.utils.data.Dataset):
             rows = np.flatnonzero(picked[:, 0] == cache)
             sample_rows = picked[rows, 1]
             sort = np.argsort(sample_rows)
-            arrays = readers[int(cache)].read_batch(sample_rows[sort].tolist(), names)
+            arrays = self._read(int(cache), sample_rows[sort], names)
             for name in names:
                 parts[name].append(arrays[name])
             order.append(rows[sort])

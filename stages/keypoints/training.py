@@ -235,6 +235,7 @@ def _train(
         config.render_size,
         config.feature_source == "diffusion",
         feature_view_size=model.config.pixel_input_size,
+        in_memory=config.loader_in_memory,
     )
     loader = torch.utils.data.DataLoader(
         ErrorsAsValues(dataset),
