@@ -6,7 +6,7 @@ Run by `nox -s quality` as
         [--categories humanoid,quadruped] [--train-samples N] [--test-samples N]
         [--steps S] [--supervised-steps S] [--supervised-volume-size M]
         [--supervised-extent-margin F] [--seeds 0,1]
-        [--no-mirror-fit] [--deep] [--threads N]
+        [--no-mirror-fit] [--deep] [--threads N] [--train-workers N]
 
 For each category it renders a train cache of the synthetic world (version 2: parts
 dressed by class, a face) and two test caches (`quality_report.TEST_SETS`):
@@ -32,7 +32,7 @@ Regressors are fitted on the train cache and scored on each test set. Rows:
 - nearest training pose: an oracle that picks, per test sample, the training pose that
   fits its truth best; how far the test poses lie from any training pose;
 - supervised: the same network trained on the ground-truth joints (upper bound) with
-  dense, flip-invariant losses for --supervised-steps (2,000) on 64 px views, lifted
+  dense, flip-invariant losses for --supervised-steps (4,000) on 64 px views, lifted
   into a --supervised-volume-size (24) grid per side (--supervised-extent-margin M > 0
   fits its cube to the training joints instead of the frustum; off by default); its
   weights are an exponential moving average (decay 0.995) of its steps' weights.
@@ -43,7 +43,9 @@ checked on the held-out motions and printed, never tuned for (the seen motions g
 same comparisons, marked for reference, with yes/no): the supervised bound at most 0.5x the
 Procrustes mean shape's P-MPJPE; ours + MLP at most 0.8x of it (humanoid) and below it
 (quadruped), under each protocol; ours + MLP better than K = 1 and than the untrained network.
-bench-results/quality.md holds the tables and the per-joint errors.
+bench-results/quality.md holds the tables and the per-joint errors. Every model trains at
+one torch thread, --train-workers (2) at a time in worker processes, the bounds first
+(`quality_training`); the table's minutes are those shared cores' minutes.
 """
 
 from __future__ import annotations
