@@ -15,11 +15,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from stages.evaluation.supervised import SupervisedLosses, train_supervised
 from stages.keypoints.config import StageTwoConfig
@@ -80,21 +83,44 @@ def run_training(job: TrainingJob) -> float:
     return (time.perf_counter() - tic) / 60
 
 
-def train_all(jobs: Sequence[TrainingJob], workers: int) -> dict[str, float]:
+def train_all(jobs: Sequence[TrainingJob], workers: int, progress: bool = True) -> dict[str, float]:
     """Run `jobs`, longest first, `workers` at a time; minutes per job name.
 
     workers 1 trains them one after another in this process. Otherwise each runs in a
     spawned worker process (a fresh interpreter: no forked torch state), and the first
-    error of any job is raised here once the others have finished."""
+    error of any job is raised here once the others have finished. With `progress`, a bar
+    on stderr counts the finished models and a line names each one with its minutes: a
+    bound trains for most of an hour, and the workers print nothing of their own."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"job names must be unique, got {names}")
     ordered = sorted(jobs, key=lambda job: job.longest_first_key)
-    if workers == 1:
-        return {job.name: run_training(job) for job in ordered}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {job.name: pool.submit(run_training, job) for job in ordered}
-    return {name: future.result() for name, future in futures.items()}
+    minutes: dict[str, float] = {}
+    errors: list[BaseException] = []
+    bar = tqdm(total=len(ordered), desc="training", unit="model", disable=not progress, file=sys.stderr)
+    with bar:
+
+        def finished(name: str, spent: float) -> None:
+            minutes[name] = spent
+            bar.update()
+            if progress:
+                bar.write(f"trained {name} in {spent:.1f} min", file=sys.stderr)
+
+        if workers == 1:
+            for job in ordered:
+                finished(job.name, run_training(job))
+            return minutes
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures: dict[Future[float], str] = {pool.submit(run_training, job): job.name for job in ordered}
+            for future in as_completed(futures):
+                error = future.exception()
+                if error is not None:
+                    errors.append(error)
+                else:
+                    finished(futures[future], future.result())
+    if errors:
+        raise errors[0]
+    return {job.name: minutes[job.name] for job in ordered}

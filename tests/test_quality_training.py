@@ -68,13 +68,17 @@ def weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def test_trainings_in_two_workers_give_the_weights_of_one_after_another(
-    quality_training, train_cache, tmp_path
+    quality_training, train_cache, tmp_path, capsys
 ):
     minutes = {}
     for workers in (1, 2):
         minutes[workers] = quality_training.train_all(
             jobs(quality_training, train_cache, tmp_path / str(workers)), workers
         )
+        # The workers print nothing of their own: each finished model gets a line.
+        reported = capsys.readouterr().err
+        for name in ("ours-0", "ours-1", "bound"):
+            assert f"trained {name} in " in reported
     assert set(minutes[1]) == set(minutes[2]) == {"ours-0", "ours-1", "bound"}
     assert all(m > 0 for m in minutes[2].values())
     alone, beside = weights(tmp_path / "1"), weights(tmp_path / "2")
@@ -87,13 +91,16 @@ def test_trainings_in_two_workers_give_the_weights_of_one_after_another(
     assert not (tmp_path / "2" / "bound" / "model.partial").exists()
 
 
-def test_the_bound_starts_first_and_a_failed_job_is_raised(quality_training, train_cache, tmp_path):
+def test_the_bound_starts_first_and_a_failed_job_is_raised(quality_training, train_cache, tmp_path, capsys):
     listed = jobs(quality_training, train_cache, tmp_path)
     ordered = sorted(listed, key=lambda job: job.longest_first_key)
     assert [job.name for job in ordered] == ["bound", "ours-0", "ours-1"]
     missing = dataclasses.replace(listed[0], train=tmp_path / "missing.zarr")
     with pytest.raises(Exception, match="missing.zarr"):
         quality_training.train_all([missing, listed[1]], workers=2)
+    # The other job still ran to the end and was reported before the error was raised.
+    reported = capsys.readouterr().err
+    assert "trained ours-1 in " in reported and "trained ours-0 in " not in reported
     with pytest.raises(ValueError, match="unique"):
         quality_training.train_all([listed[0], listed[0]], workers=1)
 
