@@ -17,6 +17,7 @@ from pipeline.main_cli import app as main_app
 from pipeline.train_cli import app
 from stages.errors import ConfigError
 from stages.threads import DEFAULT_THREADS, choose_threads, torch_threads
+from tests.fixtures.synthetic_caches import render_humanoid_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "model/diffusion_pytorch_model.safetensors"
@@ -32,16 +33,7 @@ FIT = [
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     pytest.importorskip("pybullet")
-    from pipeline.generate import GenerateJob, run_generate
-    from stages.config import GenerationConfig
-    from stages.synthetic.world import SyntheticWorldConfig
-
-    out = tmp_path_factory.mktemp("determinism") / "humanoid.zarr"
-    world = SyntheticWorldConfig("humanoid", "train", num_samples=8, seed=0)
-    run_generate(
-        GenerateJob(None, None, out, GenerationConfig(resolution=32), "render", world, progress=False)
-    )
-    return out
+    return render_humanoid_cache(tmp_path_factory.mktemp("determinism") / "humanoid.zarr", 8)
 
 
 def _start_fit(cache: Path, run: Path, threads: int | None, omp: int = 2) -> subprocess.Popen:

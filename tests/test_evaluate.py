@@ -14,9 +14,7 @@ pytest.importorskip("pybullet")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.train_cli import app  # noqa: E402
-from stages.config import GenerationConfig  # noqa: E402
 from stages.evaluation.evaluate import EvalConfig, mean_pose_baseline, regress_and_score  # noqa: E402
 from stages.evaluation.supervised import (  # noqa: E402
     SupervisedLosses,
@@ -25,7 +23,7 @@ from stages.evaluation.supervised import (  # noqa: E402
 )
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
-from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
+from tests.fixtures.synthetic_caches import render_humanoid_cache  # noqa: E402
 from tests.test_stage_two import TINY  # noqa: E402
 
 
@@ -34,12 +32,7 @@ def split_caches(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
     paths = {}
     for split, n in (("train", 12), ("test", 6)):
-        world = SyntheticWorldConfig("humanoid", split, num_samples=n, seed=0)
-        paths[split] = folder / f"{split}.zarr"
-        job = GenerateJob(
-            None, None, paths[split], GenerationConfig(resolution=32), "render", world, progress=False
-        )
-        run_generate(job)
+        paths[split] = render_humanoid_cache(folder / f"{split}.zarr", n, split)
     return paths
 
 

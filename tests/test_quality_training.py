@@ -13,12 +13,10 @@ import torch
 pytest.importorskip("pybullet")
 
 from cache_schema import CacheReader  # noqa: E402
-from pipeline.generate import GenerateJob, run_generate  # noqa: E402
-from stages.config import GenerationConfig  # noqa: E402
 from stages.evaluation.supervised import SupervisedLosses  # noqa: E402
 from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
-from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
 from tests.fixtures.stage_two import TINY_STAGE_TWO  # noqa: E402
+from tests.fixtures.synthetic_caches import render_humanoid_cache  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -34,12 +32,7 @@ def quality_training(monkeypatch):
 
 @pytest.fixture(scope="module")
 def train_cache(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("quality_training") / "train.zarr"
-    world = SyntheticWorldConfig("humanoid", "train", num_samples=8, seed=0)
-    run_generate(
-        GenerateJob(None, None, out, GenerationConfig(resolution=32), "render", world, progress=False)
-    )
-    return out
+    return render_humanoid_cache(tmp_path_factory.mktemp("quality_training") / "train.zarr", 8)
 
 
 def jobs(module, train: Path, folder: Path) -> list:

@@ -16,13 +16,11 @@ from typer.testing import CliRunner  # noqa: E402
 
 import pipeline.predict_images  # noqa: E402
 from cache_schema import CacheError  # noqa: E402
-from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.main_cli import app as main_app  # noqa: E402
 from pipeline.train_cli import app  # noqa: E402
-from stages.config import GenerationConfig  # noqa: E402
 from stages.keypoints import run_dir, training  # noqa: E402
 from stages.keypoints.run_stage_one import STAGE_ONE  # noqa: E402
-from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
+from tests.fixtures.synthetic_caches import render_humanoid_cache  # noqa: E402
 
 FIT = [
     "--perceptual", "ssim", "--num-keypoints", "5", "--volume-size", "8", "--workers", "0",
@@ -33,12 +31,7 @@ FIT = [
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     """A 32 px render-backend cache (the tiny SV3D-p model makes 64 px views)."""
-    out = tmp_path_factory.mktemp("run_dir_faults") / "humanoid.zarr"
-    world = SyntheticWorldConfig("humanoid", "train", num_samples=4, seed=0)
-    run_generate(
-        GenerateJob(None, None, out, GenerationConfig(resolution=32), "render", world, progress=False)
-    )
-    return out
+    return render_humanoid_cache(tmp_path_factory.mktemp("run_dir_faults") / "humanoid.zarr", 4)
 
 
 def _fit(cache, run, *extra):

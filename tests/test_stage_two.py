@@ -28,6 +28,7 @@ from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
 from tests.fixtures.stage_two import TINY_STAGE_TWO  # noqa: E402
+from tests.fixtures.synthetic_caches import render_humanoid_cache  # noqa: E402
 
 TINY = TINY_STAGE_TWO
 
@@ -35,12 +36,7 @@ TINY = TINY_STAGE_TWO
 @pytest.fixture(scope="module")
 def render_cache(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stage_two") / "humanoid.zarr"
-    world = SyntheticWorldConfig("humanoid", "train", num_samples=8, seed=0)
-    job = GenerateJob(
-        None, None, out, GenerationConfig(resolution=32), "render", world, samples_per_shard=4, progress=False
-    )
-    run_generate(job)
-    return out
+    return render_humanoid_cache(out, 8, samples_per_shard=4)
 
 
 def losses(run_dir: Path) -> list[dict]:

@@ -16,18 +16,16 @@ pytest.importorskip("pybullet")
 from typer.testing import CliRunner  # noqa: E402
 
 from pipeline.cache_cli import app as cache_app  # noqa: E402
-from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.main_cli import app as main_app  # noqa: E402
 from pipeline.train_cli import app  # noqa: E402
-from stages.config import GenerationConfig  # noqa: E402
 from stages.errors import ConfigError  # noqa: E402
 from stages.evaluation.evaluate import EvalConfig  # noqa: E402
 from stages.keypoints.checkpoint import latest_checkpoint, load_run  # noqa: E402
 from stages.keypoints.checkpoint_files import DIGESTS  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.errors import TrainingError  # noqa: E402
-from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
 from tests.fixtures.stage_two import TINY_STAGE_TWO  # noqa: E402
+from tests.fixtures.synthetic_caches import render_humanoid_cache  # noqa: E402
 
 MODEL = "model/diffusion_pytorch_model.safetensors"
 # The cpu preset shrunk to seconds a step; steps and --resume are added per call.
@@ -39,11 +37,7 @@ FIT = [
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train_faults") / "humanoid.zarr"
-    world = SyntheticWorldConfig("humanoid", "train", num_samples=4, seed=0)
-    job = GenerateJob(None, None, out, GenerationConfig(resolution=32), "render", world, progress=False)
-    run_generate(job)
-    return out
+    return render_humanoid_cache(tmp_path_factory.mktemp("train_faults") / "humanoid.zarr", 4)
 
 
 @pytest.fixture(scope="module")
