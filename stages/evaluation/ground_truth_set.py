@@ -22,10 +22,8 @@ class GroundTruthTrainingSet(CacheTrainingSet):
         reader = self._open()[cache]
         if not self.in_memory:
             return reader.read_ground_truth(samples.tolist())["joints_3d"]
-        # Rows of any order: the held copy is looked up by sorted sample index.
-        order = np.argsort(samples)
-        held = self._from_memory(cache, samples[order], (TRUTH,), _truth_reader(reader))[TRUTH]
-        return held[np.argsort(order)]
+        # The held copy finds each sample's row by search, in the order asked.
+        return self._from_memory(cache, samples, (TRUTH,), _truth_reader(reader))[TRUTH]
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         batch = super().__getitems__(indices)

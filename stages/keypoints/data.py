@@ -153,8 +153,9 @@ class CacheTrainingSet(torch.utils.data.Dataset):
     def _from_memory(
         self, cache: int, samples: np.ndarray, names: Sequence[str], read: Callable[..., ArrayDict]
     ) -> ArrayDict:
-        """Rows of the arrays `names` held for cache `cache`, reading with `read(indices,
-        names)` the ones this process does not hold yet (every done sample at once)."""
+        """Rows of the arrays `names` held for cache `cache`, one per sample of `samples` in
+        their order, reading with `read(indices, names)` the arrays this process does not hold
+        yet (every done sample at once)."""
         pid = os.getpid()
         if pid not in self._held:  # a loader worker holds its own copy
             self._held = {pid: [{"index": r.done_indices()} for r in self._open()]}
