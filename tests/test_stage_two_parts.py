@@ -189,6 +189,7 @@ def test_spread_keypoints_start_on_their_anchors_and_the_anchors_learn():
         render_size=32, decoder_channels=8,
     )  # fmt: skip
     volume = torch.zeros(2, 8, 16, 16, 16)
+    torch.manual_seed(0)  # the untrained logits' spread depends on the draw
     centred = KeyDiff3DModel(**sizes)
     spread = KeyDiff3DModel(**sizes, keypoint_spread=0.5)
     assert not hasattr(centred, "spread_anchors") or centred.spread_anchors is None
@@ -201,6 +202,7 @@ def test_spread_keypoints_start_on_their_anchors_and_the_anchors_learn():
     # Keypoints start near their own anchors (the prior outweighs the untrained logits), not
     # at the centre, where the paper's start puts them all.
     assert torch.linalg.norm(start[0] - anchors, dim=-1).max() < 0.15
-    assert torch.linalg.norm(near_centre[0], dim=-1).max() < 0.1
+    # (untrained logits put them 0.07-0.16 from the centre, by draw; the anchors are 0.5 out).
+    assert torch.linalg.norm(near_centre[0], dim=-1).max() < 0.25
     groups = build_optimizer(spread, StageTwoConfig(feature_source="pixels")).param_groups
     assert any(p is spread.spread_anchors for p in groups[0]["params"])
