@@ -83,6 +83,9 @@ def fit_command(
     keypoint_spread: float | None = typer.Option(
         None, help="Start keypoints on learned anchors spread at this fraction of the volume (0: centre)."
     ),
+    keypoint_spread_steps: int | None = typer.Option(
+        None, help="Fade the spread start's prior out over this many steps (0: it holds for the whole run)."
+    ),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (each writes a PNG)."),
     log_every: int | None = typer.Option(None, help="Steps between metrics.jsonl lines."),
     workers: int | None = typer.Option(None, help="Data loader worker processes."),
@@ -123,6 +126,7 @@ def fit_command(
             adjacency_init=adjacency_init,
             adjacency_lr_scale=adjacency_lr_scale,
             keypoint_spread=keypoint_spread,
+            keypoint_spread_steps=keypoint_spread_steps,
             checkpoint_every=checkpoint_every,
             log_every=log_every,
             loader_workers=workers,

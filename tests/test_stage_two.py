@@ -209,7 +209,7 @@ def test_cli_fit_takes_the_part_identity_options_and_names_a_bad_one(render_cach
     options = [
         "--pixel-encoder", "deep", "--pixel-input-size", "64", "--lambda-colour", "0.5",
         "--appearance-transport", "--adjacency-init", "-4", "--adjacency-lr-scale", "64",
-        "--lr-schedule", "cosine", "--keypoint-spread", "0.5",
+        "--lr-schedule", "cosine", "--keypoint-spread", "0.5", "--keypoint-spread-steps", "1",
     ]  # fmt: skip
     result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "run"), *options])
     assert result.exit_code == 0, result.output
@@ -217,8 +217,10 @@ def test_cli_fit_takes_the_part_identity_options_and_names_a_bad_one(render_cach
     assert (saved["pixel_encoder"], saved["pixel_input_size"], saved["lambda_colour"]) == ("deep", 64, 0.5)
     assert saved["appearance_transport"]
     assert (saved["adjacency_init"], saved["adjacency_lr_scale"]) == (-4, 64)
-    assert (saved["lr_schedule"], saved["keypoint_spread"]) == ("cosine", 0.5)
-    assert "spread_anchors" in dict(load_model(latest_checkpoint(tmp_path / "run")).named_parameters())
+    assert (saved["lr_schedule"], saved["keypoint_spread"], saved["keypoint_spread_steps"]) == ("cosine", 0.5, 1)
+    trained = load_model(latest_checkpoint(tmp_path / "run"))
+    assert "spread_anchors" in dict(trained.named_parameters())
+    assert float(trained.spread_weight) == 1.0  # the weight of its only step, step 0
     bad = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "bad"), "--pixel-encoder", "resnet"])
     assert bad.exit_code == 2 and "pixel_encoder" in bad.output and "Traceback" not in bad.output
 

@@ -206,3 +206,33 @@ def test_spread_keypoints_start_on_their_anchors_and_the_anchors_learn():
     assert torch.linalg.norm(near_centre[0], dim=-1).max() < 0.25
     groups = build_optimizer(spread, StageTwoConfig(feature_source="pixels")).param_groups
     assert any(p is spread.spread_anchors for p in groups[0]["params"])
+
+
+def test_a_fading_spread_prior_weighs_one_at_the_start_and_nothing_after_its_steps(tmp_path):
+    from stages.keypoints.checkpoint import load_model
+    from stages.keypoints.model import KeyDiff3DModel
+
+    sizes = dict(
+        image_size=64, volume_half_extent=1.0, feature_source="pixels", num_keypoints=6, volume_size=16,
+        volume_channels=(8, 16), feature_channels=16, feature_size=8, keypoint_channels=8,
+        render_size=32, decoder_channels=8, keypoint_spread=0.5,
+    )  # fmt: skip
+    volume = torch.zeros(1, 8, 16, 16, 16)
+    held = KeyDiff3DModel(**sizes)
+    fading = KeyDiff3DModel(**sizes, keypoint_spread_steps=10)
+    fading.load_state_dict(held.state_dict(), strict=False)
+    logits = held.volume_net(volume)
+    prior = held.keypoint_logits(volume) - logits
+    for step, weight in ((0, 1.0), (5, 0.5), (10, 0.0), (25, 0.0)):
+        fading.fade_spread_prior(step)
+        expected = logits + weight * prior
+        assert torch.allclose(fading.keypoint_logits(volume), expected, atol=1e-5), step
+    held.fade_spread_prior(25)  # a prior that does not fade ignores the step
+    assert torch.allclose(held.keypoint_logits(volume), logits + prior)
+    # The weight is saved: a checkpoint predicts with the prior it ended training under.
+    fading.save_pretrained(tmp_path / "fading")
+    assert float(load_model(tmp_path / "fading").spread_weight) == 0.0
+    held.save_pretrained(tmp_path / "held")
+    assert not hasattr(load_model(tmp_path / "held"), "spread_weight")
+    with pytest.raises(ConfigError, match="keypoint_spread_steps"):
+        StageTwoConfig(keypoint_spread_steps=-1)

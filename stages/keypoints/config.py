@@ -100,6 +100,10 @@ class StageTwoConfig:
     """> 0: every keypoint starts on its own anchor, spread on a sphere of this radius (a
     fraction of the volume's half extent), through a Gaussian prior on its voxel logits
     whose anchor is learned; 0: the paper's start, all keypoints near the centre."""
+    keypoint_spread_steps: int = 0
+    """> 0: the spread prior's weight falls linearly from 1 at the first step to 0 at this
+    step, so that keypoints start spread but end free of the fixed world anchors (the
+    figure faces any direction); 0: the prior holds for the whole run."""
     adjacency_lr_scale: float = 1.0
     """Learning-rate multiplier of the edge logits (AutoLink uses a large one), which get no
     weight decay when it is not 1."""
@@ -155,6 +159,8 @@ class StageTwoConfig:
             _in_range(name, getattr(self, name), minimum, strict)
         if self.volume_half_extent is not None:
             _in_range("volume_half_extent", self.volume_half_extent, 0.0, True)
+        if self.keypoint_spread_steps < 0:
+            raise ConfigError(f"keypoint_spread_steps must be >= 0, got {self.keypoint_spread_steps}")
         if self.seed < 0 or self.loader_workers < 0:
             raise ConfigError(
                 f"seed and loader_workers must be >= 0, got {self.seed} and {self.loader_workers}"

@@ -45,6 +45,7 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         appearance_transport: bool = False,
         adjacency_init: float = 0.0,
         keypoint_spread: float = 0.0,
+        keypoint_spread_steps: int = 0,
     ):
         super().__init__()
         if feature_source == "diffusion":
@@ -72,6 +73,10 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
             # keypoints spread over the volume rather than N at its centre.
             anchors = fibonacci_sphere(num_keypoints) * keypoint_spread * volume_half_extent
             self.spread_anchors = nn.Parameter(anchors)
+            if keypoint_spread_steps > 0:
+                # The prior's weight, set by the training loop as it fades; saved with the
+                # weights so that a checkpoint predicts with the prior it was trained under.
+                self.register_buffer("spread_weight", torch.ones(()))
 
     def keypoint_parameters(self, with_adjacency: bool = True) -> list[nn.Parameter]:
         """The keypoint network (lr), as opposed to the reconstruction network (lr_reconstruction)."""
@@ -135,7 +140,17 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
             return logits
         sigma = 0.25 * self.config.volume_half_extent
         distance_sq = ((self.voxel_centres[None] - self.spread_anchors[:, None, None, None]) ** 2).sum(-1)
-        return logits + (-distance_sq / (2.0 * sigma**2)).to(logits.dtype)[None]
+        prior = -distance_sq / (2.0 * sigma**2)
+        if hasattr(self, "spread_weight"):
+            prior = prior * self.spread_weight
+        return logits + prior.to(logits.dtype)[None]
+
+    def fade_spread_prior(self, step: int) -> None:
+        """Weight the spread prior for 0-based training `step`: 1 at step 0, falling linearly
+        to 0 at keypoint_spread_steps and 0 after. No-op when the prior does not fade."""
+        if hasattr(self, "spread_weight"):
+            fade = self.config.keypoint_spread_steps
+            self.spread_weight.fill_(max(0.0, 1.0 - step / fade))
 
     def project(
         self, keypoints: torch.Tensor, intrinsics: torch.Tensor, world_to_camera: torch.Tensor

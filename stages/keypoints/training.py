@@ -105,6 +105,7 @@ def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDi
             appearance_transport=config.appearance_transport,
             adjacency_init=config.adjacency_init,
             keypoint_spread=config.keypoint_spread,
+            keypoint_spread_steps=config.keypoint_spread_steps,
         )
     record = {
         "caches": [str(Path(c).resolve()) for c in caches],
@@ -260,6 +261,7 @@ def _train(
                 raise loaded
             batch = {k: v.to(device, non_blocking=True) for k, v in loaded.items()}
             summary.wait_seconds += time.perf_counter() - wait
+            model.fade_spread_prior(step)
             with autocast:
                 terms, outputs = training_losses(
                     model, perceptual, batch, config, step_generator(config.seed, step)
