@@ -217,7 +217,8 @@ def test_cli_fit_takes_the_part_identity_options_and_names_a_bad_one(render_cach
     assert (saved["pixel_encoder"], saved["pixel_input_size"], saved["lambda_colour"]) == ("deep", 64, 0.5)
     assert saved["appearance_transport"]
     assert (saved["adjacency_init"], saved["adjacency_lr_scale"]) == (-4, 64)
-    assert (saved["lr_schedule"], saved["keypoint_spread"], saved["keypoint_spread_steps"]) == ("cosine", 0.5, 1)
+    spread = (saved["keypoint_spread"], saved["keypoint_spread_steps"])
+    assert (saved["lr_schedule"], *spread) == ("cosine", 0.5, 1)
     trained = load_model(latest_checkpoint(tmp_path / "run"))
     assert "spread_anchors" in dict(trained.named_parameters())
     assert float(trained.spread_weight) == 1.0  # the weight of its only step, step 0
