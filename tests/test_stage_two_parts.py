@@ -236,3 +236,6 @@ def test_a_fading_spread_prior_weighs_one_at_the_start_and_nothing_after_its_ste
     assert not hasattr(load_model(tmp_path / "held"), "spread_weight")
     with pytest.raises(ConfigError, match="keypoint_spread_steps"):
         StageTwoConfig(keypoint_spread_steps=-1)
+    with pytest.raises(ConfigError, match="needs keypoint_spread > 0"):
+        StageTwoConfig(keypoint_spread_steps=100)  # the paper's start has no prior to fade
+    assert preset("cpu", keypoint_spread_steps=100).keypoint_spread_steps == 100

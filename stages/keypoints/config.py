@@ -161,6 +161,10 @@ class StageTwoConfig:
             _in_range("volume_half_extent", self.volume_half_extent, 0.0, True)
         if self.keypoint_spread_steps < 0:
             raise ConfigError(f"keypoint_spread_steps must be >= 0, got {self.keypoint_spread_steps}")
+        if self.keypoint_spread_steps and not self.keypoint_spread:
+            raise ConfigError(
+                "keypoint_spread_steps fades the spread start's prior: it needs keypoint_spread > 0"
+            )
         if self.seed < 0 or self.loader_workers < 0:
             raise ConfigError(
                 f"seed and loader_workers must be >= 0, got {self.seed} and {self.loader_workers}"
