@@ -179,15 +179,19 @@ def test_autolink_edge_logits_get_their_own_learning_rate_and_no_decay():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+SPREAD_TEST_MODEL = dict(
+    image_size=64, volume_half_extent=1.0, feature_source="pixels", num_keypoints=6, volume_size=16,
+    volume_channels=(8, 16), feature_channels=16, feature_size=8, keypoint_channels=8,
+    render_size=32, decoder_channels=8,
+)  # fmt: skip
+"""A tiny KeyDiff3DModel on a 16^3 volume of half extent 1, for the spread-start tests."""
+
+
 def test_spread_keypoints_start_on_their_anchors_and_the_anchors_learn():
     from stages.keypoints.model import KeyDiff3DModel, fibonacci_sphere
     from stages.keypoints.training import build_optimizer
 
-    sizes = dict(
-        image_size=64, volume_half_extent=1.0, feature_source="pixels", num_keypoints=6, volume_size=16,
-        volume_channels=(8, 16), feature_channels=16, feature_size=8, keypoint_channels=8,
-        render_size=32, decoder_channels=8,
-    )  # fmt: skip
+    sizes = SPREAD_TEST_MODEL
     volume = torch.zeros(2, 8, 16, 16, 16)
     torch.manual_seed(0)  # the untrained logits' spread depends on the draw
     centred = KeyDiff3DModel(**sizes)
@@ -212,11 +216,7 @@ def test_a_fading_spread_prior_weighs_one_at_the_start_and_nothing_after_its_ste
     from stages.keypoints.checkpoint import load_model
     from stages.keypoints.model import KeyDiff3DModel
 
-    sizes = dict(
-        image_size=64, volume_half_extent=1.0, feature_source="pixels", num_keypoints=6, volume_size=16,
-        volume_channels=(8, 16), feature_channels=16, feature_size=8, keypoint_channels=8,
-        render_size=32, decoder_channels=8, keypoint_spread=0.5,
-    )  # fmt: skip
+    sizes = dict(SPREAD_TEST_MODEL, keypoint_spread=0.5)
     volume = torch.zeros(1, 8, 16, 16, 16)
     held = KeyDiff3DModel(**sizes)
     fading = KeyDiff3DModel(**sizes, keypoint_spread_steps=10)
