@@ -78,6 +78,9 @@ def fit_command(
     appearance_transport: bool | None = typer.Option(
         None, help="Carry each keypoint's view-0 appearance to its projection in every view."
     ),
+    appearance_hidden: float | None = typer.Option(
+        None, help="Share of 16 x 16 blocks hidden in the decoder's view of the input (AutoLink: 0.8)."
+    ),
     adjacency_init: float | None = typer.Option(None, help="Initial edge logit (AutoLink: about -4)."),
     adjacency_lr_scale: float | None = typer.Option(None, help="Learning-rate multiplier of edge logits."),
     keypoint_spread: float | None = typer.Option(
@@ -123,6 +126,7 @@ def fit_command(
             pixel_input_size=pixel_input_size,
             lambda_colour=lambda_colour,
             appearance_transport=appearance_transport,
+            appearance_hidden=appearance_hidden,
             adjacency_init=adjacency_init,
             adjacency_lr_scale=adjacency_lr_scale,
             keypoint_spread=keypoint_spread,

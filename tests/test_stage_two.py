@@ -315,6 +315,19 @@ def test_rotation_consistency_and_single_view_variants_train(render_cache, tmp_p
     assert set(losses(tmp_path / "k1")[0]) == {"step", "perceptual", "mask", "total", "seconds"}
 
 
+def test_hiding_blocks_of_the_appearance_input_changes_only_the_reconstruction(render_cache, tmp_path):
+    plain, hidden = (
+        StageTwoConfig(**{**TINY.to_dict(), "steps": 1, "appearance_hidden": share}) for share in (0.0, 0.8)
+    )
+    fit(FitJob((render_cache,), tmp_path / "plain", plain))
+    fit(FitJob((render_cache,), tmp_path / "hidden", hidden))
+    first, second = losses(tmp_path / "plain")[0], losses(tmp_path / "hidden")[0]
+    assert first["mask"] == second["mask"]  # the same keypoints: the draw comes after theirs
+    assert first["perceptual"] != second["perceptual"]
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        StageTwoConfig(**{**TINY.to_dict(), "render_size": 40, "appearance_hidden": 0.8})
+
+
 def test_deep_full_resolution_encoder_transport_and_colour_train_and_predict(render_cache, tmp_path):
     fields = {"steps": 2, "pixel_encoder": "deep", "pixel_input_size": 64, "appearance_transport": True}
     config = StageTwoConfig(**{**TINY.to_dict(), **fields, "lambda_colour": 1.0})

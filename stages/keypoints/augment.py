@@ -1,4 +1,4 @@
-"""Random affine augmentation of the input view's appearance, and random world rotations."""
+"""Random affine augmentation and block hiding of the input view's appearance, and random world rotations."""
 
 from __future__ import annotations
 
@@ -35,6 +35,31 @@ def random_affine(
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     # Sample the distance to white so that padding with zeros pads with white.
     return 1.0 - F.grid_sample(1.0 - images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+HIDDEN_BLOCK_VALUE = 0.5
+"""What a hidden block of the appearance input shows: mid-grey, 0 after the encoder's
+centring, and unlike the white background, so that hidden and empty stay distinguishable."""
+
+
+def hide_random_blocks(
+    images: torch.Tensor, generator: torch.Generator, fraction: float, blocks: int = 16
+) -> torch.Tensor:
+    """Hide each cell of a blocks x blocks grid with probability `fraction` (AutoLink's
+    damaged input: 80% of a 16 x 16 grid), independently per image.
+
+    images (B, 3, H, W) in [0, 1], H and W multiples of `blocks`; the generator must live
+    on the CPU and draws nothing when fraction is 0. Returns (B, 3, H, W).
+    """
+    if fraction == 0:  # before the check: any size passes unhidden
+        return images
+    if images.ndim != 4 or images.shape[-1] % blocks or images.shape[-2] % blocks:
+        raise ShapeError(
+            f"images: expected (B, 3, H, W) with H, W multiples of {blocks}, got {tuple(images.shape)}"
+        )
+    hidden = torch.rand(images.shape[0], 1, blocks, blocks, generator=generator) < fraction
+    hidden = F.interpolate(hidden.to(images), size=images.shape[-2:], mode="nearest")
+    return images * (1.0 - hidden) + HIDDEN_BLOCK_VALUE * hidden
 
 
 def random_z_rotations(batch: int, generator: torch.Generator) -> torch.Tensor:

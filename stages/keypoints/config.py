@@ -48,6 +48,7 @@ _FLOAT_RANGES = (
     ("adjacency_lr_scale", 0.0, True),
     ("adjacency_init", -math.inf, False),
     ("keypoint_spread", 0.0, False),
+    ("appearance_hidden", 0.0, False),
 )
 
 
@@ -116,6 +117,11 @@ class StageTwoConfig:
     colour from another's, so the wrong part in the right place costs it little."""
     lambda_rotation: float = 0.0
     """Weight of the optional consistency loss under random 3D rotations (0: off)."""
+    appearance_hidden: float = 0.0
+    """Share of a 16 x 16 grid of blocks hidden (mid-grey) in the decoder's appearance input,
+    drawn anew every step (AutoLink hides 0.8). Unhidden, the input view shows where every
+    part is, so the decoder can redraw the figure without the keypoints; hidden, the layout
+    must come from the structure maps. 0: the paper's whole input view."""
     augment_rotation_deg: float = 10.0
     """Random affine augmentation of the input image's appearance: max rotation."""
     augment_scale: float = 0.1
@@ -159,6 +165,10 @@ class StageTwoConfig:
             _in_range(name, getattr(self, name), minimum, strict)
         if self.volume_half_extent is not None:
             _in_range("volume_half_extent", self.volume_half_extent, 0.0, True)
+        if self.appearance_hidden >= 1.0:
+            raise ConfigError(
+                f"appearance_hidden must be < 1 (1 hides the whole view), got {self.appearance_hidden}"
+            )
         if self.keypoint_spread_steps < 0:
             raise ConfigError(f"keypoint_spread_steps must be >= 0, got {self.keypoint_spread_steps}")
         if self.keypoint_spread_steps and not self.keypoint_spread:
@@ -182,6 +192,11 @@ class StageTwoConfig:
             )
         if self.render_size % 8:
             raise ConfigError(f"render_size must be a multiple of 8, got {self.render_size}")
+        if self.appearance_hidden and self.render_size % 16:
+            raise ConfigError(
+                f"appearance_hidden hides cells of a 16 x 16 grid: render_size must be a multiple of 16, "
+                f"got {self.render_size}"
+            )
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("checkpoint_every and log_every must be >= 1")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stages.keypoints.augment import random_affine, random_z_rotations, rotate_cameras
+from stages.keypoints.augment import hide_random_blocks, random_affine, random_z_rotations, rotate_cameras
 from stages.keypoints.config import StageTwoConfig
 from stages.keypoints.model import KeyDiff3DModel
 
@@ -25,7 +25,7 @@ class StepOutputs:
     reconstruction: torch.Tensor
     """(B, V, 3, H, W) synthesised views."""
     appearance: torch.Tensor
-    """(B, 3, H, W) the augmented input view the decoder saw."""
+    """(B, 3, H, W) the augmented (and partly hidden) input view the decoder saw."""
 
 
 def model_inputs(model: KeyDiff3DModel, batch: dict[str, torch.Tensor]) -> list[torch.Tensor] | torch.Tensor:
@@ -60,6 +60,7 @@ def training_losses(
     appearance = random_affine(
         views[:, 0], generator, config.augment_rotation_deg, config.augment_scale, config.augment_translate
     )
+    appearance = hide_random_blocks(appearance, generator, config.appearance_hidden)
     reconstruction = model.reconstruct(structure, appearance, views[:, 0], uv)
     terms = {
         "perceptual": config.lambda_perceptual
