@@ -90,18 +90,18 @@ def test_random_affine_without_ranges_is_the_identity_and_pads_with_white():
 def test_hidden_blocks_are_whole_grey_cells_in_the_asked_share_and_nothing_is_drawn_at_zero():
     images = torch.rand(64, 3, 32, 32)
     generator = torch.Generator().manual_seed(0)
-    assert hide_random_blocks(images, generator, 0.0) is images
+    assert hide_random_blocks(images, generator, 0.0, 16) is images
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())
-    hidden = hide_random_blocks(images, generator, 0.8) == HIDDEN_BLOCK_VALUE
+    hidden = hide_random_blocks(images, generator, 0.8, 16) == HIDDEN_BLOCK_VALUE
     cells = hidden.all(dim=1).unflatten(1, (16, 2)).unflatten(3, (16, 2))  # (B, 16, 2, 16, 2)
     whole = cells.all(dim=(2, 4))
     assert torch.equal(whole, cells.any(dim=(2, 4)))  # a cell is hidden whole or not at all
     assert abs(whole.float().mean().item() - 0.8) < 0.02  # 16,384 cells
     assert not torch.equal(whole[0], whole[1])  # each image draws its own cells
-    again = hide_random_blocks(images, torch.Generator().manual_seed(0), 0.8)
-    assert torch.equal(again, hide_random_blocks(images, torch.Generator().manual_seed(0), 0.8))
+    again = hide_random_blocks(images, torch.Generator().manual_seed(0), 0.8, 16)
+    assert torch.equal(again, hide_random_blocks(images, torch.Generator().manual_seed(0), 0.8, 16))
     with pytest.raises(ShapeError, match="multiples of 16"):
-        hide_random_blocks(torch.rand(1, 3, 24, 24), generator, 0.8)
+        hide_random_blocks(torch.rand(1, 3, 24, 24), generator, 0.8, 16)
 
 
 def test_rotated_cameras_see_the_rotated_world_as_the_originals_saw_the_world():

@@ -43,7 +43,7 @@ centring, and unlike the white background, so that hidden and empty stay disting
 
 
 def hide_random_blocks(
-    images: torch.Tensor, generator: torch.Generator, fraction: float, blocks: int = 16
+    images: torch.Tensor, generator: torch.Generator, fraction: float, blocks: int
 ) -> torch.Tensor:
     """Hide each cell of a blocks x blocks grid with probability `fraction` (AutoLink's
     damaged input: 80% of a 16 x 16 grid), independently per image.

@@ -31,6 +31,9 @@ def _in_range(name: str, value: float, minimum: float, strict: bool) -> None:
         )
 
 
+APPEARANCE_GRID = 16
+"""Cells per side of the grid whose cells `appearance_hidden` hides (AutoLink's 16)."""
+
 # (field, minimum, strict): the float fields and the range each must lie in.
 _FLOAT_RANGES = (
     ("lr", 0.0, True),
@@ -192,10 +195,10 @@ class StageTwoConfig:
             )
         if self.render_size % 8:
             raise ConfigError(f"render_size must be a multiple of 8, got {self.render_size}")
-        if self.appearance_hidden and self.render_size % 16:
+        if self.appearance_hidden and self.render_size % APPEARANCE_GRID:
             raise ConfigError(
-                f"appearance_hidden hides cells of a 16 x 16 grid: render_size must be a multiple of 16, "
-                f"got {self.render_size}"
+                f"appearance_hidden hides cells of a {APPEARANCE_GRID} x {APPEARANCE_GRID} grid: "
+                f"render_size must be a multiple of {APPEARANCE_GRID}, got {self.render_size}"
             )
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("checkpoint_every and log_every must be >= 1")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from stages.keypoints.augment import hide_random_blocks, random_affine, random_z_rotations, rotate_cameras
-from stages.keypoints.config import StageTwoConfig
+from stages.keypoints.config import APPEARANCE_GRID, StageTwoConfig
 from stages.keypoints.model import KeyDiff3DModel
 
 
@@ -60,7 +60,7 @@ def training_losses(
     appearance = random_affine(
         views[:, 0], generator, config.augment_rotation_deg, config.augment_scale, config.augment_translate
     )
-    appearance = hide_random_blocks(appearance, generator, config.appearance_hidden)
+    appearance = hide_random_blocks(appearance, generator, config.appearance_hidden, APPEARANCE_GRID)
     reconstruction = model.reconstruct(structure, appearance, views[:, 0], uv)
     terms = {
         "perceptual": config.lambda_perceptual
