@@ -81,6 +81,9 @@ def fit_command(
     appearance_hidden: float | None = typer.Option(
         None, help="Share of 16 x 16 blocks hidden in the decoder's view of the input (AutoLink: 0.8)."
     ),
+    lambda_identity: float | None = typer.Option(
+        None, help="Weight of the contrastive term that pays keypoints for staying on one part (0: off)."
+    ),
     adjacency_init: float | None = typer.Option(None, help="Initial edge logit (AutoLink: about -4)."),
     adjacency_lr_scale: float | None = typer.Option(None, help="Learning-rate multiplier of edge logits."),
     keypoint_spread: float | None = typer.Option(
@@ -127,6 +130,7 @@ def fit_command(
             lambda_colour=lambda_colour,
             appearance_transport=appearance_transport,
             appearance_hidden=appearance_hidden,
+            lambda_identity=lambda_identity,
             adjacency_init=adjacency_init,
             adjacency_lr_scale=adjacency_lr_scale,
             keypoint_spread=keypoint_spread,

@@ -52,6 +52,8 @@ _FLOAT_RANGES = (
     ("adjacency_init", -math.inf, False),
     ("keypoint_spread", 0.0, False),
     ("appearance_hidden", 0.0, False),
+    ("lambda_identity", 0.0, False),
+    ("identity_temperature", 0.0, True),
 )
 
 
@@ -125,6 +127,14 @@ class StageTwoConfig:
     drawn anew every step (AutoLink hides 0.8). Unhidden, the input view shows where every
     part is, so the decoder can redraw the figure without the keypoints; hidden, the layout
     must come from the structure maps. 0: the paper's whole input view."""
+    lambda_identity: float = 0.0
+    """Weight of a contrastive term across the batch's samples: the view features at a
+    keypoint's projection in one sample must pick out the same keypoint among another
+    sample's keypoints, in each view. A keypoint that marks a fixed direction lands on
+    different parts in different samples and pays; one that stays on a part does not.
+    0: off (the paper's objective)."""
+    identity_temperature: float = 0.1
+    """Temperature of the identity term's softmax over keypoints (cosine similarities)."""
     augment_rotation_deg: float = 10.0
     """Random affine augmentation of the input image's appearance: max rotation."""
     augment_scale: float = 0.1
@@ -171,6 +181,10 @@ class StageTwoConfig:
         if self.appearance_hidden >= 1.0:
             raise ConfigError(
                 f"appearance_hidden must be < 1 (1 hides the whole view), got {self.appearance_hidden}"
+            )
+        if self.lambda_identity and self.batch_size < 2:
+            raise ConfigError(
+                f"lambda_identity compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
             )
         if self.keypoint_spread_steps < 0:
             raise ConfigError(f"keypoint_spread_steps must be >= 0, got {self.keypoint_spread_steps}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from stages.keypoints import geometry
 from stages.keypoints.augment import hide_random_blocks, random_affine, random_z_rotations, rotate_cameras
 from stages.keypoints.config import APPEARANCE_GRID, StageTwoConfig
 from stages.keypoints.model import KeyDiff3DModel
@@ -40,6 +42,31 @@ def mask_loss(edges: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return ((edges - masks) ** 2).mean()
 
 
+def keypoint_identity_loss(
+    features: torch.Tensor, uv: torch.Tensor, image_size: int, temperature: float
+) -> torch.Tensor:
+    """Contrastive loss over the batch's samples: keypoint n's descriptor in sample a must be
+    nearest keypoint n's among sample b's N descriptors, view by view.
+
+    Args:
+        features: (B, V, C', h, w) view features (B >= 2).
+        uv: (B, V, N, 2) the keypoints' pixels at image_size.
+        temperature: of the softmax over cosine similarities.
+
+    Returns:
+        The mean cross-entropy over ordered pairs of distinct samples, views and keypoints
+        (log N when the descriptors tell nothing apart).
+    """
+    sampled, _ = geometry.sample_views(features, uv, image_size)
+    descriptors = F.normalize(sampled.transpose(2, 3), dim=-1, eps=1e-6)  # (B, V, N, C')
+    similarity = torch.einsum("avnc,bvmc->abvnm", descriptors, descriptors) / temperature
+    samples, _, keypoints = descriptors.shape[:3]
+    distinct = ~torch.eye(samples, dtype=torch.bool, device=similarity.device)
+    logits = similarity[distinct]  # (B * (B - 1), V, N, N)
+    target = torch.arange(keypoints, device=logits.device).expand(logits.shape[:-1])
+    return F.cross_entropy(logits.flatten(0, 2), target.flatten())
+
+
 def training_losses(
     model: KeyDiff3DModel,
     perceptual: nn.Module,
@@ -54,7 +81,8 @@ def training_losses(
     views, masks = batch["views"], batch["view_masks"]
     intrinsics, world_to_camera = batch["intrinsics"], batch["world_to_camera"]
     inputs = model_inputs(model, batch)
-    keypoints, _ = model.predict_keypoints(inputs, intrinsics, world_to_camera)
+    features = model.view_features(inputs)
+    keypoints, _ = model.keypoints_from_features(features, intrinsics, world_to_camera)
     uv = model.project(keypoints, intrinsics, world_to_camera)
     edges, structure = model.structure_maps(uv)
     appearance = random_affine(
@@ -75,5 +103,12 @@ def training_losses(
         expected = keypoints @ rotation.transpose(1, 2)
         extent = model.config.volume_half_extent
         terms["rotation"] = config.lambda_rotation * (((rotated - expected) / extent) ** 2).mean()
+    if config.lambda_identity > 0:
+        # uv is at render_size; the features cover the cache's image_size.
+        uv_image = uv * (model.config.image_size / model.config.render_size)
+        identity = keypoint_identity_loss(
+            features.float(), uv_image, model.config.image_size, config.identity_temperature
+        )
+        terms["identity"] = config.lambda_identity * identity
     terms["total"] = sum(terms.values())  # type: ignore[assignment]
     return terms, StepOutputs(keypoints, uv, edges, reconstruction, appearance)
