@@ -328,6 +328,20 @@ def test_hiding_blocks_of_the_appearance_input_changes_only_the_reconstruction(r
         StageTwoConfig(**{**TINY.to_dict(), "render_size": 40, "appearance_hidden": 0.8})
 
 
+def test_the_identity_term_adds_a_loss_and_leaves_the_first_step_s_other_terms(render_cache, tmp_path):
+    plain, identity = (
+        StageTwoConfig(**{**TINY.to_dict(), "steps": 1, "lambda_identity": weight}) for weight in (0.0, 0.5)
+    )
+    fit(FitJob((render_cache,), tmp_path / "plain", plain))
+    fit(FitJob((render_cache,), tmp_path / "identity", identity))
+    first, second = losses(tmp_path / "plain")[0], losses(tmp_path / "identity")[0]
+    assert "identity" not in first and second["identity"] > 0
+    # The term reads the features the keypoints came from; it draws nothing and changes no input.
+    assert (first["perceptual"], first["mask"]) == (second["perceptual"], second["mask"])
+    with pytest.raises(ConfigError, match="batch_size >= 2"):
+        StageTwoConfig(**{**TINY.to_dict(), "batch_size": 1, "lambda_identity": 0.5})
+
+
 def test_deep_full_resolution_encoder_transport_and_colour_train_and_predict(render_cache, tmp_path):
     fields = {"steps": 2, "pixel_encoder": "deep", "pixel_input_size": 64, "appearance_transport": True}
     config = StageTwoConfig(**{**TINY.to_dict(), **fields, "lambda_colour": 1.0})

@@ -21,7 +21,7 @@ from stages.keypoints.augment import (
 from stages.keypoints.config import PRESETS, StageTwoConfig, preset
 from stages.keypoints.data import batch_indices
 from stages.keypoints.errors import ShapeError, TrainingError
-from stages.keypoints.losses import mask_loss
+from stages.keypoints.losses import keypoint_identity_loss, mask_loss
 from stages.keypoints.skeleton import maximum_spanning_tree
 from stages.keypoints.training import step_generator
 
@@ -134,6 +134,40 @@ def test_mask_loss_by_hand():
     assert mask_loss(edges, masks).item() == pytest.approx(0.25)
     assert mask_loss(masks, masks).item() == 0.0
     assert math.isfinite(mask_loss(edges.requires_grad_(), masks).item())
+
+
+def _one_hot_parts(parts: torch.Tensor, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (B, 1, P, size, size) whose pixel p of row 0 holds the one-hot code of part
+    parts[b, p], and the pixels (B, 1, P, 2) where keypoint n of each sample sits: on part n."""
+    samples, count = parts.shape
+    features = torch.zeros(samples, 1, count, size, size)
+    uv = torch.zeros(samples, 1, count, 2)
+    for b in range(samples):
+        for pixel, part in enumerate(parts[b].tolist()):
+            features[b, 0, part, 0, pixel] = 1.0
+            uv[b, 0, part] = torch.tensor([pixel + 0.5, 0.5])  # pixel centres
+    return features, uv
+
+
+def test_the_identity_term_pays_keypoints_that_stay_on_their_part_wherever_it_is():
+    # Each sample puts the 4 parts on other pixels: keypoints that follow the parts match.
+    parts = torch.tensor([[0, 1, 2, 3], [2, 0, 3, 1], [3, 2, 1, 0]])
+    features, on_parts = _one_hot_parts(parts)
+    temperature = 0.1
+    matched = keypoint_identity_loss(features, on_parts, 8, temperature)
+    # Per pair: the right keypoint scores 1 / T, the 3 others 0.
+    assert matched.item() == pytest.approx(math.log(1 + 3 * math.exp(-1 / temperature)), abs=1e-6)
+    # Keypoints at fixed pixels (n at pixel n in every sample) land on other parts in other samples.
+    fixed = on_parts[:1].expand_as(on_parts).clone()
+    assert keypoint_identity_loss(features, fixed, 8, temperature).item() > 4.0
+    # Features that tell nothing apart: every keypoint is as likely as another.
+    flat = torch.ones_like(features)
+    assert keypoint_identity_loss(flat, on_parts, 8, temperature).item() == pytest.approx(math.log(4))
+    # The term moves the keypoints (through the bilinear sample) and the features.
+    fixed.requires_grad_(True)
+    features.requires_grad_(True)
+    keypoint_identity_loss(features, fixed + 0.25, 8, temperature).backward()
+    assert fixed.grad.abs().sum() > 0 and features.grad.abs().sum() > 0
 
 
 def test_the_deep_pixel_encoder_sees_far_beyond_the_shallow_one():
