@@ -26,7 +26,7 @@ def install(session: nox.Session, extras: str = "dev,synthetic") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole offline test suite on CPU, in two workers (about 7.5 minutes on 2 cores, 10 with the install)."""
+    """The whole offline test suite on CPU in two workers (7.5 minutes on 2 cores, 10 with the install)."""
     install(session)
     if shutil.which("npm"):
         npm = ["npm", "install", "--prefix", ".gltf-validator", "--no-save", "--no-audit", "--no-fund"]

@@ -340,6 +340,8 @@ def test_the_identity_term_adds_a_loss_and_leaves_the_first_step_s_other_terms(r
     assert (first["perceptual"], first["mask"]) == (second["perceptual"], second["mask"])
     with pytest.raises(ConfigError, match="batch_size >= 2"):
         StageTwoConfig(**{**TINY.to_dict(), "batch_size": 1, "lambda_identity": 0.5})
+    with pytest.raises(ConfigError, match="feature_source 'pixels'"):
+        StageTwoConfig(**{**TINY.to_dict(), "feature_source": "diffusion", "lambda_identity": 0.5})
 
 
 def test_deep_full_resolution_encoder_transport_and_colour_train_and_predict(render_cache, tmp_path):

@@ -17,6 +17,8 @@ from stages.keypoints.augment import (
     random_affine,
     random_z_rotations,
     rotate_cameras,
+    turn_in_plane,
+    turn_pixels,
 )
 from stages.keypoints.config import PRESETS, StageTwoConfig, preset
 from stages.keypoints.data import batch_indices
@@ -102,6 +104,36 @@ def test_hidden_blocks_are_whole_grey_cells_in_the_asked_share_and_nothing_is_dr
     assert torch.equal(again, hide_random_blocks(images, torch.Generator().manual_seed(0), 0.8, 16))
     with pytest.raises(ShapeError, match="multiples of 16"):
         hide_random_blocks(torch.rand(1, 3, 24, 24), generator, 0.8, 16)
+
+
+def test_a_turned_image_shows_each_pixel_where_turn_pixels_puts_it():
+    size = 16
+    images = torch.ones(3, 3, size, size)
+    images[:, :, 4, 11] = 0.0  # one dark pixel (row 4, column 11) in each
+    uv = torch.tensor([[[11.5, 4.5]]]).expand(3, 1, 2)  # its centre as (u, v)
+    quarter = torch.tensor([0.0, math.pi / 2, math.pi])  # exact on the pixel grid
+    turned = turn_in_plane(images, quarter)
+    landed = turn_pixels(uv, quarter, size)
+    for image, (u, v) in zip(turned, landed[:, 0], strict=True):
+        dark = (image[0] < 0.5).nonzero().tolist()
+        assert dark == [[int(v), int(u)]]  # the one dark pixel, and where it was sent
+        assert image.min() == pytest.approx(0.0, abs=1e-5)
+    assert landed[1, 0].tolist() != landed[0, 0].tolist()  # a quarter turn moved it
+    # At any angle, the turned image read where the pixel went is the image read where it was.
+    smooth = torch.linspace(0, 1, size)[None, None, :, None] * torch.linspace(0, 1, size)[None, None, None, :]
+    smooth = smooth.expand(1, 3, size, size).contiguous()
+    angle = torch.tensor([0.7])
+    points = torch.tensor([[[6.2, 9.1], [8.0, 8.0], [10.3, 5.5]]])
+    before, _ = geometry.sample_views(smooth[:, None], points[:, None], size)
+    after, _ = geometry.sample_views(
+        turn_in_plane(smooth, angle)[:, None], turn_pixels(points, angle, size)[:, None], size
+    )
+    assert torch.allclose(before, after, atol=0.02)
+    # Corners turned out of the frame come back white.
+    assert (
+        turn_in_plane(torch.zeros(1, 3, size, size), torch.tensor([math.pi / 4]))[0, :, 0, 0].tolist()
+        == [1.0] * 3
+    )
 
 
 def test_rotated_cameras_see_the_rotated_world_as_the_originals_saw_the_world():

@@ -1,4 +1,4 @@
-"""Random affine augmentation and block hiding of the input view's appearance, and random world rotations."""
+"""Augmentation: random affine and hidden blocks of the input view, in-plane turns, world rotations."""
 
 from __future__ import annotations
 
@@ -35,6 +35,32 @@ def random_affine(
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     # Sample the distance to white so that padding with zeros pads with white.
     return 1.0 - F.grid_sample(1.0 - images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def turn_in_plane(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Turn each square image about its centre by its angle; uncovered pixels become white.
+
+    images (N, 3, S, S) in [0, 1]; angles (N,) radians. A pixel at uv moves to
+    `turn_pixels(uv, angles, S)`. Returns (N, 3, S, S).
+    """
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] != images.shape[-2]:
+        raise ShapeError(f"images: expected square (N, 3, S, S), got {tuple(images.shape)}")
+    cos, sin, zero = torch.cos(angles), torch.sin(angles), torch.zeros_like(angles)
+    # affine_grid reads output point x from input point theta @ x.
+    theta = torch.stack(
+        [torch.stack([cos, -sin, zero], dim=1), torch.stack([sin, cos, zero], dim=1)], dim=1
+    ).to(images)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return 1.0 - F.grid_sample(1.0 - images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def turn_pixels(uv: torch.Tensor, angles: torch.Tensor, size: int) -> torch.Tensor:
+    """Where pixels uv (N, P, 2) of a size x size image land under `turn_in_plane` by
+    angles (N,): the inverse of its sampling map. Returns (N, P, 2)."""
+    cos, sin = torch.cos(angles).to(uv)[:, None], torch.sin(angles).to(uv)[:, None]
+    x, y = (uv * (2.0 / size) - 1.0).unbind(-1)
+    turned = torch.stack([cos * x + sin * y, -sin * x + cos * y], dim=-1)
+    return (turned + 1.0) * (size / 2.0)
 
 
 HIDDEN_BLOCK_VALUE = 0.5

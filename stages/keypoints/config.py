@@ -128,11 +128,12 @@ class StageTwoConfig:
     part is, so the decoder can redraw the figure without the keypoints; hidden, the layout
     must come from the structure maps. 0: the paper's whole input view."""
     lambda_identity: float = 0.0
-    """Weight of a contrastive term across the batch's samples: the view features at a
-    keypoint's projection in one sample must pick out the same keypoint among another
-    sample's keypoints, in each view. A keypoint that marks a fixed direction lands on
-    different parts in different samples and pays; one that stays on a part does not.
-    0: off (the paper's objective)."""
+    """Weight of a contrastive term across the batch's samples: the pixel encoder's features
+    at a keypoint's projection in one sample must pick out the same keypoint among another
+    sample's keypoints, in each view, read from views turned in-plane at random. A keypoint
+    that marks a fixed direction lands on different parts in different samples and pays;
+    one that stays on a part does not. Needs feature_source 'pixels'. 0: off (the paper's
+    objective)."""
     identity_temperature: float = 0.1
     """Temperature of the identity term's softmax over keypoints (cosine similarities)."""
     augment_rotation_deg: float = 10.0
@@ -181,6 +182,10 @@ class StageTwoConfig:
         if self.appearance_hidden >= 1.0:
             raise ConfigError(
                 f"appearance_hidden must be < 1 (1 hides the whole view), got {self.appearance_hidden}"
+            )
+        if self.lambda_identity and self.feature_source != "pixels":
+            raise ConfigError(
+                "lambda_identity re-reads turned views with the pixel encoder: needs feature_source 'pixels'"
             )
         if self.lambda_identity and self.batch_size < 2:
             raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.keypoints import geometry
-from stages.keypoints.augment import hide_random_blocks, random_affine, random_z_rotations, rotate_cameras
+from stages.keypoints.augment import (
+    hide_random_blocks,
+    random_affine,
+    random_z_rotations,
+    rotate_cameras,
+    turn_in_plane,
+    turn_pixels,
+)
 from stages.keypoints.config import APPEARANCE_GRID, StageTwoConfig
 from stages.keypoints.model import KeyDiff3DModel
 
@@ -67,6 +75,32 @@ def keypoint_identity_loss(
     return F.cross_entropy(logits.flatten(0, 2), target.flatten())
 
 
+def turned_identity_loss(
+    model: KeyDiff3DModel,
+    views: torch.Tensor,
+    uv: torch.Tensor,
+    config: StageTwoConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """`keypoint_identity_loss` on descriptors that the pixel encoder reads from the views
+    turned in-plane by a random angle each. Unturned, a descriptor can tell where in the
+    view it lies (which side of the silhouette, from the edge it sees), so keypoints that
+    mark fixed directions match across samples and the term ties them to the world harder;
+    turned, only what the part looks like is left to match.
+
+    views (B, V, 3, H, W), the pixel encoder's input; uv (B, V, N, 2) at render_size.
+    """
+    size = model.config.image_size
+    angles = torch.rand(views.shape[0] * views.shape[1], generator=generator, dtype=torch.float64)
+    angles = (angles * (2.0 * math.pi)).to(views.device)
+    turned = turn_in_plane(views.flatten(0, 1), angles).unflatten(0, views.shape[:2])
+    # uv is at render_size; the features cover the cache's image_size.
+    uv_image = uv.flatten(0, 1) * (size / model.config.render_size)
+    turned_uv = turn_pixels(uv_image, angles, size).unflatten(0, uv.shape[:2])
+    features = model.view_features(turned)
+    return keypoint_identity_loss(features.float(), turned_uv, size, config.identity_temperature)
+
+
 def training_losses(
     model: KeyDiff3DModel,
     perceptual: nn.Module,
@@ -81,8 +115,7 @@ def training_losses(
     views, masks = batch["views"], batch["view_masks"]
     intrinsics, world_to_camera = batch["intrinsics"], batch["world_to_camera"]
     inputs = model_inputs(model, batch)
-    features = model.view_features(inputs)
-    keypoints, _ = model.keypoints_from_features(features, intrinsics, world_to_camera)
+    keypoints, _ = model.predict_keypoints(inputs, intrinsics, world_to_camera)
     uv = model.project(keypoints, intrinsics, world_to_camera)
     edges, structure = model.structure_maps(uv)
     appearance = random_affine(
@@ -104,11 +137,7 @@ def training_losses(
         extent = model.config.volume_half_extent
         terms["rotation"] = config.lambda_rotation * (((rotated - expected) / extent) ** 2).mean()
     if config.lambda_identity > 0:
-        # uv is at render_size; the features cover the cache's image_size.
-        uv_image = uv * (model.config.image_size / model.config.render_size)
-        identity = keypoint_identity_loss(
-            features.float(), uv_image, model.config.image_size, config.identity_temperature
-        )
+        identity = turned_identity_loss(model, inputs, uv, config, generator)  # type: ignore[arg-type]
         terms["identity"] = config.lambda_identity * identity
     terms["total"] = sum(terms.values())  # type: ignore[assignment]
     return terms, StepOutputs(keypoints, uv, edges, reconstruction, appearance)

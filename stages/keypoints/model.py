@@ -127,13 +127,7 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         world_to_camera: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """3D keypoints (B, N, 3) in the world frame and their voxel probabilities (B, N, M, M, M)."""
-        return self.keypoints_from_features(self.view_features(inputs), intrinsics, world_to_camera)
-
-    def keypoints_from_features(
-        self, features: torch.Tensor, intrinsics: torch.Tensor, world_to_camera: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`predict_keypoints` from view features (B, V, C', h, w) already computed."""
-        volume = self.lift(features, intrinsics, world_to_camera)
+        volume = self.lift(self.view_features(inputs), intrinsics, world_to_camera)
         heatmaps = self.keypoint_logits(volume)
         with _full_precision(heatmaps):
             return geometry.soft_argmax_3d(heatmaps.float(), self.voxel_centres.float())
