@@ -315,13 +315,18 @@ def test_rotation_consistency_and_single_view_variants_train(render_cache, tmp_p
     assert set(losses(tmp_path / "k1")[0]) == {"step", "perceptual", "mask", "total", "seconds"}
 
 
+def first_step_losses(cache: Path, tmp_path: Path, field: str, values: tuple) -> list[dict]:
+    """The first step's losses of 1-step tiny fits, one per value of config `field`."""
+    records = []
+    for index, value in enumerate(values):
+        config = StageTwoConfig(**{**TINY.to_dict(), "steps": 1, field: value})
+        fit(FitJob((cache,), tmp_path / f"run{index}", config))
+        records.append(losses(tmp_path / f"run{index}")[0])
+    return records
+
+
 def test_hiding_blocks_of_the_appearance_input_changes_only_the_reconstruction(render_cache, tmp_path):
-    plain, hidden = (
-        StageTwoConfig(**{**TINY.to_dict(), "steps": 1, "appearance_hidden": share}) for share in (0.0, 0.8)
-    )
-    fit(FitJob((render_cache,), tmp_path / "plain", plain))
-    fit(FitJob((render_cache,), tmp_path / "hidden", hidden))
-    first, second = losses(tmp_path / "plain")[0], losses(tmp_path / "hidden")[0]
+    first, second = first_step_losses(render_cache, tmp_path, "appearance_hidden", (0.0, 0.8))
     assert first["mask"] == second["mask"]  # the same keypoints: the draw comes after theirs
     assert first["perceptual"] != second["perceptual"]
     with pytest.raises(ConfigError, match="multiple of 16"):
@@ -329,14 +334,10 @@ def test_hiding_blocks_of_the_appearance_input_changes_only_the_reconstruction(r
 
 
 def test_the_identity_term_adds_a_loss_and_leaves_the_first_step_s_other_terms(render_cache, tmp_path):
-    plain, identity = (
-        StageTwoConfig(**{**TINY.to_dict(), "steps": 1, "lambda_identity": weight}) for weight in (0.0, 0.5)
-    )
-    fit(FitJob((render_cache,), tmp_path / "plain", plain))
-    fit(FitJob((render_cache,), tmp_path / "identity", identity))
-    first, second = losses(tmp_path / "plain")[0], losses(tmp_path / "identity")[0]
+    first, second = first_step_losses(render_cache, tmp_path, "lambda_identity", (0.0, 0.5))
     assert "identity" not in first and second["identity"] > 0
-    # The term reads the features the keypoints came from; it draws nothing and changes no input.
+    # The term draws its turns after every other draw of the step and changes no input of
+    # the other terms, so before the first update they are the same.
     assert (first["perceptual"], first["mask"]) == (second["perceptual"], second["mask"])
     with pytest.raises(ConfigError, match="batch_size >= 2"):
         StageTwoConfig(**{**TINY.to_dict(), "batch_size": 1, "lambda_identity": 0.5})
