@@ -172,6 +172,8 @@ def run(args: argparse.Namespace) -> None:
                 "p_mpjpe_mm": r["p_mpjpe_mm"],
                 "pf_mpjpe_mm": r["pf_mpjpe_mm"],
                 "consistency": r.get("consistency"),
+                "direction_world": r.get("direction_world"),
+                "direction_figure": r.get("direction_figure"),
                 "mpjpe_mm": r["mpjpe_mm"],
                 "procrustes_mean_p_mpjpe_mm": shape["p_mpjpe_mm"],
                 "procrustes_mean_pf_mpjpe_mm": shape["pf_mpjpe_mm"],

@@ -38,7 +38,9 @@ Regressors are fitted on the train cache and scored on each test set. Rows:
   weights are an exponential moving average (decay 0.995) of its steps' weights.
 Every row has P-MPJPE and the flip-aware P-MPJPE (the better of the two left/right
 labellings per sample); ours rows also the keypoints' consistency (share of test samples
-in which each keypoint is nearest its most frequent joint). Issue 12's targets are
+in which each keypoint is nearest its most frequent joint) and, for the humanoid, their
+direction concentration in the world and figure frames (direction_world, direction_figure:
+high in the world frame for keypoints that mark fixed directions). Issue 12's targets are
 checked on the held-out motions and printed, never tuned for (the seen motions get the
 same comparisons, marked for reference, with yes/no): the supervised bound at most 0.5x the
 Procrustes mean shape's P-MPJPE; ours + MLP at most 0.8x of it (humanoid) and below it

@@ -17,7 +17,7 @@ from cache_schema import CacheReader
 from cache_schema.errors import StoreInUseError
 from pipeline.generate import GenerateJob, run_generate
 from stages.config import GenerationConfig
-from stages.evaluation.consistency import keypoint_joint_consistency
+from stages.evaluation.consistency import direction_concentration, keypoint_joint_consistency
 from stages.evaluation.evaluate import EvalConfig, regress_and_score, score
 from stages.evaluation.mirror import fit_with_mirror_images, predict_mirrored
 from stages.evaluation.supervised import SupervisedLosses, train_supervised
@@ -111,7 +111,9 @@ def keypoint_rows(
     """Predict the train cache and every test cache, fit each regressor once on train, score
     it on each test set.
 
-    Each row also holds the mean keypoint-consistency of the keypoints on that test cache.
+    Each row also holds the mean keypoint-consistency of the keypoints on that test cache
+    and, for the humanoid, their direction concentration in the world and figure frames
+    (`direction_concentration`: high in the world frame for keypoints tied to the world).
     mirror_fit adds the project's protocol row, 'mlp+mirror x5': the mean of 5 MLPs fitted
     on the training pairs and their mirror images (`stages.evaluation.mirror`; another
     mirror_mlp_seeds averages that many, for the ablations)."""
@@ -139,13 +141,18 @@ def keypoint_rows(
     for label, b in predicted.items():
         end = start + len(b["index"])
         consistency = keypoint_joint_consistency(b["keypoints_3d"], joints[label]).mean_consistency
+        directions = {}
+        if {"left_hip", "right_hip"} <= set(names):  # the humanoid: its heading from the hips
+            hips = names.index("left_hip"), names.index("right_hip")
+            found = direction_concentration(b["keypoints_3d"], joints[label], *hips)
+            directions = {"direction_world": found.world, "direction_figure": found.figure}
         clips = motion_clips(tests[label], b["index"])
         for result in results:
             part = score(
                 result.regression, result.predictions[start:end], joints[label], config.root_joint,
                 joint_names=names,
             )  # fmt: skip
-            rows.append({**summarised(part, clips), "test": label, "consistency": consistency})
+            rows.append({**summarised(part, clips), "test": label, "consistency": consistency, **directions})
         start = end
     return rows
 

@@ -1,4 +1,4 @@
-"""Keypoint-to-joint consistency: constructed keypoints whose nearest joints are known."""
+"""Keypoint consistency and direction concentration: constructed keypoints whose answers are known."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.evaluation.consistency import keypoint_joint_consistency
+from stages.evaluation.consistency import direction_concentration, keypoint_joint_consistency
 from stages.evaluation.errors import ShapeError
 
 
@@ -66,3 +66,18 @@ def test_bad_shapes_name_the_argument():
         keypoint_joint_consistency(np.zeros((4, 3, 2)), np.zeros((4, 7, 3)))
     with pytest.raises(ValueError, match="keypoints must be finite"):
         keypoint_joint_consistency(np.full((4, 3, 3), np.nan), np.zeros((4, 7, 3)))
+
+
+def test_keypoints_on_the_figure_keep_its_frame_and_keypoints_fixed_in_the_world_keep_the_world():
+    joints = spread_joints(np.random.default_rng(3), 400)  # turned about z at random
+    left, right = 6, 0  # the line's ends, as a pair of hips
+    on_parts = joints[:, [0, 1, 5, 6]]  # off the midpoint, which has no direction
+    followed = direction_concentration(on_parts, joints, left, right)
+    assert followed.figure == pytest.approx(1.0)
+    assert followed.world < 0.15  # uniform headings: about 1 / sqrt(400) per keypoint
+    root = 0.5 * (joints[:, left] + joints[:, right])
+    fixed = root[:, None] + np.array([[0.3, 0.0, 0.1], [0.0, -0.2, 0.0], [-0.1, -0.1, 0.5]])
+    tied = direction_concentration(fixed, joints, left, right)
+    assert tied.world == pytest.approx(1.0) and tied.figure < 0.15
+    with pytest.raises(ShapeError, match="keypoints"):
+        direction_concentration(on_parts[..., :2], joints, left, right)
