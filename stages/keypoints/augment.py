@@ -28,6 +28,15 @@ def random_affine(
     angle = uniform[:, 0] * math.radians(max_rotation_deg)
     scale = 1.0 + uniform[:, 1] * scale_range
     shift = uniform[:, 2:] * max_translate * 2.0  # normalised coordinates span 2
+    return _warp_on_white(images, angle, scale, shift)
+
+
+def _warp_on_white(
+    images: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """Resample images (N, 3, H, W): output point x (normalised coordinates) reads input
+    point R(angle) x / scale + shift, with angle and scale (N,) and shift (N, 2); points
+    read from outside the image are white."""
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
@@ -45,13 +54,7 @@ def turn_in_plane(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] != images.shape[-2]:
         raise ShapeError(f"images: expected square (N, 3, S, S), got {tuple(images.shape)}")
-    cos, sin, zero = torch.cos(angles), torch.sin(angles), torch.zeros_like(angles)
-    # affine_grid reads output point x from input point theta @ x.
-    theta = torch.stack(
-        [torch.stack([cos, -sin, zero], dim=1), torch.stack([sin, cos, zero], dim=1)], dim=1
-    ).to(images)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return 1.0 - F.grid_sample(1.0 - images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return _warp_on_white(images, angles, torch.ones_like(angles), angles.new_zeros(len(angles), 2))
 
 
 def turn_pixels(uv: torch.Tensor, angles: torch.Tensor, size: int) -> torch.Tensor:
