@@ -6,6 +6,9 @@ is trained and scored as the benchmark's rows are."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ import numpy as np
 from cache_schema import CacheReader
 from cache_schema.errors import StoreInUseError
 from pipeline.generate import GenerateJob, run_generate
+from pipeline.store_lock import holder_path
 from stages.config import GenerationConfig
 from stages.evaluation.consistency import direction_concentration, keypoint_joint_consistency
 from stages.evaluation.evaluate import EvalConfig, regress_and_score, score
@@ -70,10 +74,27 @@ def render(
             run_generate(job)
             return out
         except StoreInUseError as exc:
+            if _held_by_parent(out):
+                raise RuntimeError(
+                    f"{out}: render was called while this process started as a worker of the "
+                    "process that is rendering it, so it would wait forever; call render from "
+                    "under `if __name__ == '__main__':` in your script"
+                ) from None
             if not waiting:
                 print(f"waiting: {exc}", flush=True)
             waiting = True
             time.sleep(RENDER_WAIT_SECONDS)
+
+
+def _held_by_parent(store: Path) -> bool:
+    """Whether this process's parent holds the store's lock: a script without a `__main__`
+    guard, re-run by the dask workers that its own render starts (they would wait for their
+    parent, which waits for them)."""
+    try:
+        record = json.loads(holder_path(store).read_text())
+        return int(record["pid"]) == os.getppid() and record["host"] == socket.gethostname()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def truth(cache: Path, indices: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -115,3 +116,28 @@ def test_render_waits_for_another_process_rendering_the_same_cache(quality_train
         assert waiter.is_alive() and not finished
     waiter.join(timeout=120)
     assert finished == [out] and len(CacheReader(out).done_indices()) == 2
+
+
+def test_render_refuses_to_wait_for_its_own_parent(quality_training, tmp_path, monkeypatch):
+    # A script without a __main__ guard is re-run by the dask workers its render starts;
+    # their render would wait for the lock their parent holds, and the parent for them.
+    import quality_models
+
+    from pipeline.store_lock import hold_store_lock
+
+    monkeypatch.setattr(quality_models, "RENDER_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(os, "getppid", os.getpid)  # the lock's holder is our parent
+    raised = []
+
+    def render() -> None:
+        try:
+            quality_models.render(tmp_path, "humanoid", "train", 2)
+        except RuntimeError as exc:
+            raised.append(str(exc))
+
+    with hold_store_lock(tmp_path / "humanoid-train.zarr"):
+        caller = threading.Thread(target=render, daemon=True)
+        caller.start()
+        caller.join(timeout=30)
+        assert not caller.is_alive(), "render waited for its own parent"
+    assert len(raised) == 1 and "if __name__ == '__main__':" in raised[0]
