@@ -6,7 +6,6 @@ is trained and scored as the benchmark's rows are."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import socket
 import time
@@ -19,7 +18,7 @@ import numpy as np
 from cache_schema import CacheReader
 from cache_schema.errors import StoreInUseError
 from pipeline.generate import GenerateJob, run_generate
-from pipeline.store_lock import holder_path
+from pipeline.store_lock import lock_holder
 from stages.config import GenerationConfig
 from stages.evaluation.consistency import direction_concentration, keypoint_joint_consistency
 from stages.evaluation.evaluate import EvalConfig, regress_and_score, score
@@ -90,11 +89,7 @@ def _held_by_parent(store: Path) -> bool:
     """Whether this process's parent holds the store's lock: a script without a `__main__`
     guard, re-run by the dask workers that its own render starts (they would wait for their
     parent, which waits for them)."""
-    try:
-        record = json.loads(holder_path(store).read_text())
-        return int(record["pid"]) == os.getppid() and record["host"] == socket.gethostname()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return lock_holder(store) == (os.getppid(), socket.gethostname())
 
 
 def truth(cache: Path, indices: Any) -> Any:

@@ -46,7 +46,7 @@ def hold_store_lock(store: Path, what: str = "store") -> Iterator[None]:
     try:
         lock.acquire(timeout=0)  # one attempt: a second writer is refused, not queued
     except Timeout:
-        raise StoreInUseError(f"{store}: {what} is in use by {_holder(info)} (lock {lock_file})") from None
+        raise StoreInUseError(f"{store}: {what} is in use by {_holder(store)} (lock {lock_file})") from None
     try:
         info.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
         yield
@@ -56,10 +56,16 @@ def hold_store_lock(store: Path, what: str = "store") -> Iterator[None]:
         lock.release()
 
 
-def _holder(info: Path) -> str:
+def lock_holder(store: Path) -> tuple[int, str] | None:
+    """(PID, host) that holds the writer lock of `store`, or None while none is recorded
+    (no holder, or one that has not written it yet: it does so right after locking)."""
     try:
-        record = json.loads(info.read_text())
-        return f"PID {int(record['pid'])} on {record['host']}"
+        record = json.loads(holder_path(Path(store)).read_text())
+        return int(record["pid"]), str(record["host"])
     except (OSError, ValueError, KeyError, TypeError):
-        # The holder has not written it yet (it does so right after locking).
-        return "another process (PID not yet recorded)"
+        return None
+
+
+def _holder(store: Path) -> str:
+    holder = lock_holder(store)
+    return "another process (PID not yet recorded)" if holder is None else f"PID {holder[0]} on {holder[1]}"
