@@ -40,7 +40,7 @@ from quality_models import joint_names, render, truth
 from stages.evaluation.consistency import direction_concentration, keypoint_joint_consistency
 from stages.evaluation.evaluate import EvalConfig, procrustes_mean_baseline, regress_and_score
 from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
-from stages.evaluation.mirror import fit_with_mirror_images
+from stages.evaluation.mirror import fit_with_mirror_images, reflect_joints
 from stages.evaluation.oracle_keypoints import (
     SYNTHETIC_BONES,
     bone_indices,
@@ -110,11 +110,6 @@ def oracle_sets(
     return sets
 
 
-def mirrored(joints: np.ndarray, swap: np.ndarray) -> np.ndarray:
-    """The joints reflected in the plane x = 0, left/right labels swapped (`stages.evaluation.mirror`)."""
-    return joints[:, swap] * np.array([-1.0, 1.0, 1.0])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,7 +142,8 @@ def main() -> None:
     rules = keypoint_rules(bone_indices(SYNTHETIC_BONES[args.category], names), heading, args.seed)
     draw = np.random.default_rng(args.seed + 1)
     train_sets = oracle_sets(train_joints, swap, rules, draw)
-    mirror_sets = oracle_sets(mirrored(train_joints, swap), swap, rules, draw)
+    mirrored_joints = reflect_joints(train_joints, swap)
+    mirror_sets = oracle_sets(mirrored_joints, swap, rules, draw)
     test_sets = oracle_sets(test_joints, swap, rules, draw)
     config = EvalConfig()
     constant = procrustes_mean_baseline(train_joints, test_joints, 0, joint_names=names)
@@ -157,7 +153,7 @@ def main() -> None:
         results = regress_and_score(
             train_sets[label], train_joints, keypoints, test_joints, config, joint_names=names
         )
-        mirror = {"keypoints_3d": mirror_sets[label], "joints_3d": mirrored(train_joints, swap)}
+        mirror = {"keypoints_3d": mirror_sets[label], "joints_3d": mirrored_joints}
         results.append(
             fit_with_mirror_images(
                 train_sets[label], train_joints, mirror, keypoints, test_joints, config, names

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +36,8 @@ from stages.keypoints.errors import TrainingError
 from stages.keypoints.losses import model_inputs
 from stages.keypoints.model import KeyDiff3DModel
 from stages.keypoints.predict import cache_fits_model
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 MIRROR_FIT = "mlp+mirror"
 """The regression label of an MLP fitted on the training pairs and their mirror images
@@ -65,8 +68,15 @@ def mirror_samples(
     pick = chosen.view(-1, 1, 1, 1)
     mirrored["intrinsics"] = torch.where(pick, intrinsics, batch["intrinsics"])
     mirrored["world_to_camera"] = torch.where(pick, world_to_camera, batch["world_to_camera"])
-    reflect = torch.tensor([-1.0, 1.0, 1.0], dtype=joints.dtype)
-    return mirrored, torch.where(chosen.view(-1, 1, 1), joints[:, swap] * reflect, joints)
+    return mirrored, torch.where(chosen.view(-1, 1, 1), reflect_joints(joints, swap), joints)
+
+
+def reflect_joints(joints: ArrayT, swap: ArrayT) -> ArrayT:
+    """Joints (S, J, 3), numpy or torch, reflected in the plane x = 0 with their labels
+    permuted by swap (J,) (`label_swap`), so that a left joint stays labelled left."""
+    reflected = joints[:, swap]  # advanced indexing: a copy
+    reflected[..., 0] = -reflected[..., 0]
+    return reflected
 
 
 def label_swap(cache: Path) -> torch.Tensor:
