@@ -37,7 +37,11 @@ import numpy as np
 from bench_common import machine_info, print_table, write_report
 from quality_models import joint_names, render, truth
 
-from stages.evaluation.consistency import direction_concentration, keypoint_joint_consistency
+from stages.evaluation.consistency import (
+    direction_concentration,
+    figure_heading,
+    keypoint_joint_consistency,
+)
 from stages.evaluation.evaluate import EvalConfig, procrustes_mean_baseline, regress_and_score
 from stages.evaluation.joint_sides import label_swap_permutation, left_right_pairs
 from stages.evaluation.mirror import fit_with_mirror_images, reflect_joints
@@ -83,8 +87,7 @@ def keypoint_rules(
         return support_points(body(joints), directions, SUPPORT_TEMPERATURE_M)
 
     def figure(joints):
-        side = joints[:, heading[0]] - joints[:, heading[1]]
-        turned = turn_about_z(directions, np.arctan2(side[:, 1], side[:, 0]))
+        turned = turn_about_z(directions, figure_heading(joints, *heading))
         return support_points(body(joints), turned, SUPPORT_TEMPERATURE_M)
 
     return {"on the parts": on_parts, "world directions": world, "figure directions": figure}
@@ -147,7 +150,7 @@ def main() -> None:
     test_sets = oracle_sets(test_joints, swap, rules, draw)
     config = EvalConfig()
     constant = procrustes_mean_baseline(train_joints, test_joints, 0, joint_names=names)
-    hips = (names.index("left_hip"), names.index("right_hip")) if "left_hip" in names else None
+    hips = heading if args.category == "humanoid" else None  # as the quality benchmark reports it
     rows = []
     for label, keypoints in test_sets.items():
         results = regress_and_score(

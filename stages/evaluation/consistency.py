@@ -93,6 +93,13 @@ class DirectionConcentration:
     direction as the figure turns, as a keypoint on one part does."""
 
 
+def figure_heading(joints: np.ndarray, left: int, right: int) -> np.ndarray:
+    """(S,) azimuth in radians about z of the direction from joint `right` to joint `left`
+    (joints (S, J, 3), z up): the figure's heading, a quarter turn from where it faces."""
+    side = joints[:, left] - joints[:, right]
+    return np.arctan2(side[:, 1], side[:, 0])
+
+
 def direction_concentration(
     keypoints: np.ndarray, joints: np.ndarray, left: int, right: int
 ) -> DirectionConcentration:
@@ -116,8 +123,7 @@ def direction_concentration(
     require_finite("keypoints", keypoints_array)
     require_finite("joints", joints_array)
     root = 0.5 * (joints_array[:, left] + joints_array[:, right])
-    side = joints_array[:, left] - joints_array[:, right]
-    heading = np.arctan2(side[:, 1], side[:, 0])
+    heading = figure_heading(joints_array, left, right)
     offsets = keypoints_array - root[:, None]
     azimuth = np.arctan2(offsets[..., 1], offsets[..., 0])
 
