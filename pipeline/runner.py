@@ -197,7 +197,12 @@ def run_dask(
     progress: bool = True,
 ) -> None:
     """Shards as dask tasks on a LocalCluster (`workers`) or an existing cluster (`scheduler`,
-    over TLS with `tls`)."""
+    over TLS with `tls`).
+
+    With no shard left to do (a resumed store that is complete) it returns at once: no
+    cluster is started and no scheduler is contacted, as `run_local` does nothing then."""
+    if not shards:
+        return
     from dask.distributed import Client, LocalCluster
 
     cluster = None

@@ -153,6 +153,27 @@ def test_one_and_two_dask_workers_write_identical_stores(tmp_path, tiny_model_di
     assert_same_store(tmp_path / "local.zarr", tmp_path / "one.zarr")
 
 
+def test_a_complete_store_starts_no_cluster_and_contacts_no_scheduler(
+    tmp_path, tiny_model_dir, good_images, monkeypatch
+):
+    import dask.distributed
+
+    run_generate(job(tmp_path, good_images, tiny_model_dir))
+    before = read_all(tmp_path / "c.zarr")
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a LocalCluster was started for a complete store")
+
+    monkeypatch.setattr(dask.distributed, "LocalCluster", no_cluster)
+    again = run_generate(job(tmp_path, good_images, tiny_model_dir, workers=2))
+    # Port 9 (discard) has nothing listening: contacting it would fail the run.
+    remote = run_generate(job(tmp_path, good_images, tiny_model_dir, scheduler="tcp://127.0.0.1:9"))
+    for summary in (again, remote):
+        assert summary.done == 0 and summary.skipped == 6 and not summary.errors
+    after = read_all(tmp_path / "c.zarr")
+    assert all(np.array_equal(before[name], after[name]) for name in before)
+
+
 def test_existing_scheduler_is_used_and_gives_the_same_bytes(tmp_path, tiny_model_dir, good_images):
     from dask.distributed import LocalCluster
 
