@@ -229,14 +229,7 @@ def _train(
         summary = train_to(step + segment, max(expected, step + segment))
         seconds, ran = seconds + summary.seconds, ran + summary.final_step - summary.start_step
         per_step = summary.seconds / max(1, summary.final_step - summary.start_step)
-        # Evaluation predicts the training cache, its mirror images and both test caches, and
-        # fits the regressors: the 2026-12-05 demo spent 127 s on 5,624 predicted samples at
-        # 0.46 s per step of 4 samples, a fifth of a step per sample with the fits counted
-        # (an estimate: it had not yet the two mirror fits). Keep 5% of the budget besides.
-        evaluated = 2 * train_count + 2 * test_count
-        # Beyond that estimate, the mirror row's mean of 5 MLPs adds 4 fits per test cache.
-        extra_fits = 2 * (EvalConfig().mirror_mlp_seeds - 1) * 2 * train_count * MLP_SECONDS_PER_PAIR
-        reserve = 3 * config.minutes + evaluated * per_step / stage_two.batch_size / 5 + extra_fits
+        reserve = evaluation_reserve(config.minutes, train_count, test_count, per_step, stage_two.batch_size)
         affordable = int((deadline - reserve - time.perf_counter()) / per_step)
         step, expected = summary.final_step, summary.final_step + max(0, affordable)
         segment = max(0, min(affordable, stage_two.checkpoint_every))
@@ -257,8 +250,32 @@ MEAN_SHAPE = "Procrustes mean shape (baseline)"
 PROTOCOL = mirror_fit_label(EvalConfig())
 """The project's regression protocol: the mean of EvalConfig.mirror_mlp_seeds MLPs fitted
 with the mirror images."""
-MLP_SECONDS_PER_PAIR = 1.5e-3
-"""One MLP fit's seconds per training pair on one thread (6.1 s for 4,000 pairs, 2026-12-07)."""
+MLP_STEPS_PER_PAIR = 3.3e-3
+"""One MLP fit's time per training pair, in training steps of the same machine (one
+thread): 1.5 ms a pair where a demo step took 0.46 s, 2.7-3.3 ms where it took 0.90 s
+(2026-12-07). A cost in seconds would hold on one machine only; the 2026-12-07 demo on
+the slower one overran its budget by 0.4 minutes with it."""
+
+
+def evaluation_reserve(
+    minutes: float,
+    train_count: int,
+    test_count: int,
+    seconds_per_step: float,
+    batch_size: int,
+    mirror_mlp_seeds: int = EvalConfig().mirror_mlp_seeds,
+) -> float:
+    """Seconds to keep for evaluation after training, scaled by the step time just measured.
+
+    Evaluation predicts the training cache, its mirror images and both test caches, and
+    fits the regressors: the 2026-12-05 demo spent 127 s on 5,624 predicted samples at
+    0.46 s per step of 4 samples, a fifth of a step per sample with the fits counted
+    (before the mirror fits existed). The mirror row's mean of MLPs adds mirror_mlp_seeds
+    - 1 fits on twice the pairs per test cache. 5% of the budget is kept besides.
+    """
+    predicted = (2 * train_count + 2 * test_count) * seconds_per_step / batch_size / 5
+    mirror_fits = 2 * (mirror_mlp_seeds - 1) * 2 * train_count * MLP_STEPS_PER_PAIR * seconds_per_step
+    return 3 * minutes + predicted + mirror_fits
 
 
 def against_mean_shape(result: dict[str, Any], regression: str = "mlp") -> str:

@@ -12,7 +12,7 @@ pytest.importorskip("pybullet")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from pipeline.demo import DemoConfig, run_demo  # noqa: E402
+from pipeline.demo import DemoConfig, evaluation_reserve, run_demo  # noqa: E402
 from pipeline.main_cli import app  # noqa: E402
 from stages.keypoints.config import PRESETS  # noqa: E402
 
@@ -107,3 +107,14 @@ def test_demo_command_with_the_cpu_preset_prints_a_summary(tmp_path):
 def test_demo_rejects_a_bad_budget_naming_the_option(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--minutes", "0"])
     assert result.exit_code == 2 and "--minutes must be a finite number > 0" in result.output
+
+
+def test_the_evaluation_reserve_scales_with_the_step_time_and_covers_a_measured_run():
+    slack = 3 * 15.0
+    fast = evaluation_reserve(15.0, 2250, 562, 0.45, 4) - slack
+    slow = evaluation_reserve(15.0, 2250, 562, 0.90, 4) - slack
+    assert slow == pytest.approx(2 * fast)
+    # The 2026-12-07 fresh-clone demo (2,250 / 562 samples, 0.9006 s/step) spent 6.25
+    # minutes evaluating; the seconds-per-pair reserve of that run kept 5.9.
+    assert evaluation_reserve(15.0, 2250, 562, 0.9006, 4) >= 6.25 * 60
+    assert evaluation_reserve(15.0, 2250, 562, 0.9006, 4, mirror_mlp_seeds=1) < 6.25 * 60
