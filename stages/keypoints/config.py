@@ -43,6 +43,8 @@ _FLOAT_RANGES = (
     ("lambda_mask", 0.0, False),
     ("lambda_colour", 0.0, False),
     ("lambda_rotation", 0.0, False),
+    ("lambda_bend", 0.0, False),
+    ("bend_max_deg", 0.0, False),
     ("edge_sigma", 0.0, True),
     ("heatmap_sigma", 0.0, True),
     ("augment_rotation_deg", 0.0, False),
@@ -122,6 +124,14 @@ class StageTwoConfig:
     colour from another's, so the wrong part in the right place costs it little."""
     lambda_rotation: float = 0.0
     """Weight of the optional consistency loss under random 3D rotations (0: off)."""
+    lambda_bend: float = 0.0
+    """Weight of a consistency term under random bends of the lifted volume (one side of a
+    random plane through a keypoint turned about a hinge, as a joint turns a limb): the
+    keypoints of the bent volume, taken back through the bend, must be the volume's own.
+    Keypoints on parts follow a bend; keypoints at the furthest point in a fixed direction
+    do not. 0: off (the paper's objective)."""
+    bend_max_deg: float = 45.0
+    """Largest bend angle of lambda_bend's bends, in degrees."""
     appearance_hidden: float = 0.0
     """Share of a 16 x 16 grid of blocks hidden (mid-grey) in the decoder's appearance input,
     drawn anew every step (AutoLink hides 0.8). Unhidden, the input view shows where every

@@ -18,8 +18,12 @@ from stages.keypoints.augment import (
     turn_in_plane,
     turn_pixels,
 )
+from stages.keypoints.bend import bend_sources, bend_volume, random_bends
 from stages.keypoints.config import APPEARANCE_GRID, StageTwoConfig
 from stages.keypoints.model import KeyDiff3DModel
+
+BEND_SOFTNESS = 0.05
+"""Width of a bend's blend across its plane, as a share of the volume's half extent."""
 
 
 @dataclass
@@ -101,6 +105,34 @@ def turned_identity_loss(
     return keypoint_identity_loss(features.float(), turned_uv, size, config.identity_temperature)
 
 
+def bend_consistency(
+    model: KeyDiff3DModel,
+    volume: torch.Tensor,
+    keypoints: torch.Tensor,
+    config: StageTwoConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Keypoints found in a randomly bent copy of the volume, taken back through the bend,
+    must be the keypoints found in the volume itself.
+
+    Each sample is bent about a hinge through one of its own keypoints (chosen at random),
+    with a random plane and up to `bend_max_deg`. A keypoint on a part moves with the part;
+    one that marks the furthest point in a fixed direction jumps to another part, and pays.
+
+    volume (B, C, M, M, M) the lifted volume; keypoints (B, N, 3) found in it.
+    Returns the mean squared disagreement in units of the volume's half extent.
+    """
+    extent = model.config.volume_half_extent
+    b, n = keypoints.shape[:2]
+    pick = torch.randint(n, (b,), generator=generator)
+    hinges = keypoints.detach()[torch.arange(b), pick.to(keypoints.device)]
+    bend = random_bends(hinges, generator, config.bend_max_deg, BEND_SOFTNESS * extent)
+    bent_volume, sources = bend_volume(volume, model.voxel_centres, extent, bend)
+    bent = model.keypoints_from_volume(bent_volume, sources)
+    unbent = bend_sources(bent, bend)
+    return (((unbent - keypoints) / extent) ** 2).mean()
+
+
 def training_losses(
     model: KeyDiff3DModel,
     perceptual: nn.Module,
@@ -115,7 +147,8 @@ def training_losses(
     views, masks = batch["views"], batch["view_masks"]
     intrinsics, world_to_camera = batch["intrinsics"], batch["world_to_camera"]
     inputs = model_inputs(model, batch)
-    keypoints, _ = model.predict_keypoints(inputs, intrinsics, world_to_camera)
+    volume = model.lift(model.view_features(inputs), intrinsics, world_to_camera)
+    keypoints = model.keypoints_from_volume(volume)
     uv = model.project(keypoints, intrinsics, world_to_camera)
     edges, structure = model.structure_maps(uv)
     appearance = random_affine(
@@ -136,6 +169,8 @@ def training_losses(
         expected = keypoints @ rotation.transpose(1, 2)
         extent = model.config.volume_half_extent
         terms["rotation"] = config.lambda_rotation * (((rotated - expected) / extent) ** 2).mean()
+    if config.lambda_bend > 0:
+        terms["bend"] = config.lambda_bend * bend_consistency(model, volume, keypoints, config, generator)
     if config.lambda_identity > 0:
         identity = turned_identity_loss(model, inputs, uv, config, generator)  # type: ignore[arg-type]
         terms["identity"] = config.lambda_identity * identity

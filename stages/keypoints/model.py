@@ -132,18 +132,31 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         with _full_precision(heatmaps):
             return geometry.soft_argmax_3d(heatmaps.float(), self.voxel_centres.float())
 
-    def keypoint_logits(self, volume: torch.Tensor) -> torch.Tensor:
+    def keypoint_logits(self, volume: torch.Tensor, prior_points: torch.Tensor | None = None) -> torch.Tensor:
         """Lifted volume (B, C, M, M, M) -> keypoint logits (B, N, M, M, M): V2V, plus the
-        spread prior around each keypoint's anchor when keypoint_spread > 0."""
+        spread prior around each keypoint's anchor when keypoint_spread > 0.
+
+        prior_points (B, M, M, M, 3): where to read the prior for each voxel (a bent volume
+        reads it where its voxels came from); default the voxel centres."""
         logits = self.volume_net(volume)
         if self.spread_anchors is None:
             return logits
         sigma = 0.25 * self.config.volume_half_extent
-        distance_sq = ((self.voxel_centres[None] - self.spread_anchors[:, None, None, None]) ** 2).sum(-1)
+        points = self.voxel_centres[None] if prior_points is None else prior_points
+        anchors = self.spread_anchors[None, :, None, None, None]  # (1, N, 1, 1, 1, 3)
+        distance_sq = ((points[:, None] - anchors) ** 2).sum(-1)  # (B or 1, N, M, M, M)
         prior = -distance_sq / (2.0 * sigma**2)
         if hasattr(self, "spread_weight"):
             prior = prior * self.spread_weight
-        return logits + prior.to(logits.dtype)[None]
+        return logits + prior.to(logits.dtype)
+
+    def keypoints_from_volume(
+        self, volume: torch.Tensor, prior_points: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Lifted volume (B, C, M, M, M) -> 3D keypoints (B, N, 3) in the world frame."""
+        heatmaps = self.keypoint_logits(volume, prior_points)
+        with _full_precision(heatmaps):
+            return geometry.soft_argmax_3d(heatmaps.float(), self.voxel_centres.float())[0]
 
     def fade_spread_prior(self, step: int) -> None:
         """Weight the spread prior for 0-based training `step`: 1 at step 0, falling linearly
