@@ -44,6 +44,7 @@ _FLOAT_RANGES = (
     ("lambda_colour", 0.0, False),
     ("lambda_rotation", 0.0, False),
     ("lambda_bend", 0.0, False),
+    ("lambda_outside", 0.0, False),
     ("bend_max_deg", 0.0, False),
     ("edge_sigma", 0.0, True),
     ("heatmap_sigma", 0.0, True),
@@ -124,6 +125,9 @@ class StageTwoConfig:
     colour from another's, so the wrong part in the right place costs it little."""
     lambda_rotation: float = 0.0
     """Weight of the optional consistency loss under random 3D rotations (0: off)."""
+    lambda_outside: float = 0.0
+    """Weight of a term on the edge map over the background alone (the mask term charges it
+    and uncovered foreground alike): edges must stay on the body. 0: off."""
     lambda_bend: float = 0.0
     """Weight of a consistency term under random bends of the lifted volume (one side of a
     random plane through a keypoint turned about a hinge, as a joint turns a limb): the

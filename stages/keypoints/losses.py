@@ -54,6 +54,16 @@ def mask_loss(edges: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return ((edges - masks) ** 2).mean()
 
 
+def outside_loss(edges: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean squared edge value off the foreground, edges and masks (B, V, H, W).
+
+    The mask term's half that charges edges drawn over the background, on its own weight.
+    The adjacency is shared by every sample, so an edge that stays on the body in every
+    pose must join two points of one part; an edge between two keypoints that mark fixed
+    directions crosses the background in some poses and pays there."""
+    return ((edges * (1.0 - masks)) ** 2).mean()
+
+
 def keypoint_identity_loss(
     features: torch.Tensor, uv: torch.Tensor, image_size: int, temperature: float
 ) -> torch.Tensor:
@@ -161,6 +171,8 @@ def training_losses(
         * perceptual(reconstruction.flatten(0, 1).float(), views.flatten(0, 1)),
         "mask": config.lambda_mask * mask_loss(edges.float(), masks),
     }
+    if config.lambda_outside > 0:
+        terms["outside"] = config.lambda_outside * outside_loss(edges.float(), masks)
     if config.lambda_colour > 0:
         terms["colour"] = config.lambda_colour * (reconstruction.float() - views).abs().mean()
     if config.lambda_rotation > 0:
