@@ -374,3 +374,17 @@ def test_mixed_precision_keeps_the_geometry_in_float32(render_cache):
     terms["total"].backward()
     assert outputs.keypoints.dtype == outputs.uv.dtype == outputs.edges.dtype == torch.float32
     assert torch.isfinite(terms["total"]) and model.adjacency.grad is not None
+
+
+def test_bend_and_outside_terms_are_logged_and_leave_the_first_keypoints_alone(render_cache, tmp_path):
+    # The spread prior is on so that the bent pass reads it where its voxels came from.
+    spread = {**TINY.to_dict(), "steps": 1, "keypoint_spread": 0.5}
+    records = []
+    for name, extra in (("base", {}), ("bend", {"lambda_bend": 1.0}), ("outside", {"lambda_outside": 1.0})):
+        fit(FitJob((render_cache,), tmp_path / name, StageTwoConfig(**{**spread, **extra})))
+        records.append(losses(tmp_path / name)[0])
+    base, bend, outside = records
+    # Their draws come after the keypoints', so the first step's keypoints are the base's.
+    assert base["mask"] == bend["mask"] == outside["mask"]
+    assert 0 < bend["bend"] < 1 and 0 < outside["outside"] < outside["mask"] / 0.5
+    assert "bend" not in base and "outside" not in base
