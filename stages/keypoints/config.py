@@ -102,6 +102,10 @@ class StageTwoConfig:
     appearance_transport: bool = False
     """Also paint, in every view k, each keypoint's appearance sampled where it projects in
     view 0, at its projection in view k: a keypoint that stays on one part pays off."""
+    structure_heatmaps: bool = True
+    """The decoder reads each keypoint's Gaussian heatmap beside the edge map (the paper).
+    False: the edge map alone, as AutoLink's decoder; a keypoint's identity then reaches
+    the reconstruction only through which edges join it."""
     adjacency_init: float = 0.0
     """Initial logit of every learned edge weight (w_ij = softplus(logit)); AutoLink starts
     near -4 so that edges begin almost absent and only the useful ones grow."""
@@ -204,6 +208,10 @@ class StageTwoConfig:
         if self.lambda_identity and self.batch_size < 2:
             raise ConfigError(
                 f"lambda_identity compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
+            )
+        if self.appearance_transport and not self.structure_heatmaps:
+            raise ConfigError(
+                "appearance_transport paints at the keypoints' heatmaps: it needs structure_heatmaps"
             )
         if self.keypoint_spread_steps < 0:
             raise ConfigError(f"keypoint_spread_steps must be >= 0, got {self.keypoint_spread_steps}")

@@ -46,6 +46,7 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         adjacency_init: float = 0.0,
         keypoint_spread: float = 0.0,
         keypoint_spread_steps: int = 0,
+        structure_heatmaps: bool = True,
     ):
         super().__init__()
         if feature_source == "diffusion":
@@ -63,7 +64,8 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         self.appearance = AppearanceEncoder(decoder_channels)
         self.transport = AppearanceTransport(TRANSPORT_CHANNELS) if appearance_transport else None
         transported = TRANSPORT_CHANNELS if appearance_transport else 0
-        self.decoder = ViewDecoder(num_keypoints + 1 + transported, decoder_channels)
+        identity = num_keypoints if structure_heatmaps else 0
+        self.decoder = ViewDecoder(identity + 1 + transported, decoder_channels)
         centres = geometry.voxel_centres(volume_size, volume_half_extent)
         self.register_buffer("voxel_centres", centres, persistent=False)
         self.spread_anchors = None
@@ -177,12 +179,15 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         return uv
 
     def structure_maps(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Edge maps (B, V, H, W) and structure input (B, V, N + 1, H, W) at render_size."""
+        """Edge maps (B, V, H, W) and structure input (B, V, N + 1, H, W) at render_size;
+        (B, V, 1, H, W), the edge map alone, without structure_heatmaps (AutoLink's input)."""
         size = self.config.render_size
         with _full_precision(uv):
             edges = geometry.edge_maps(
                 uv.float(), self.edge_weights().float(), size, size, self.config.edge_sigma
             )
+            if not self.config.structure_heatmaps:
+                return edges, edges.unsqueeze(2)
             heatmaps = geometry.gaussian_heatmaps(uv.float(), size, size, self.config.heatmap_sigma)
         return edges, torch.cat([edges.unsqueeze(2), heatmaps], dim=2)
 

@@ -106,6 +106,7 @@ def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDi
             adjacency_init=config.adjacency_init,
             keypoint_spread=config.keypoint_spread,
             keypoint_spread_steps=config.keypoint_spread_steps,
+            structure_heatmaps=config.structure_heatmaps,
         )
     record = {
         "caches": [str(Path(c).resolve()) for c in caches],
