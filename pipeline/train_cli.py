@@ -84,6 +84,15 @@ def fit_command(
     lambda_identity: float | None = typer.Option(
         None, help="Weight of the contrastive term that pays keypoints for staying on one part (0: off)."
     ),
+    lambda_bend: float | None = typer.Option(
+        None, help="Weight of the consistency term under random bends of the lifted volume (0: off)."
+    ),
+    lambda_outside: float | None = typer.Option(
+        None, help="Weight of a term on the edge map over the background alone (0: off)."
+    ),
+    structure_heatmaps: bool | None = typer.Option(
+        None, help="Feed the decoder each keypoint's heatmap beside the edge map (the paper; off: AutoLink)."
+    ),
     adjacency_init: float | None = typer.Option(None, help="Initial edge logit (AutoLink: about -4)."),
     adjacency_lr_scale: float | None = typer.Option(None, help="Learning-rate multiplier of edge logits."),
     keypoint_spread: float | None = typer.Option(
@@ -131,6 +140,9 @@ def fit_command(
             appearance_transport=appearance_transport,
             appearance_hidden=appearance_hidden,
             lambda_identity=lambda_identity,
+            lambda_bend=lambda_bend,
+            lambda_outside=lambda_outside,
+            structure_heatmaps=structure_heatmaps,
             adjacency_init=adjacency_init,
             adjacency_lr_scale=adjacency_lr_scale,
             keypoint_spread=keypoint_spread,

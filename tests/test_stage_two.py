@@ -388,3 +388,15 @@ def test_bend_and_outside_terms_are_logged_and_leave_the_first_keypoints_alone(r
     assert base["mask"] == bend["mask"] == outside["mask"]
     assert 0 < bend["bend"] < 1 and 0 < outside["outside"] < outside["mask"] / 0.5
     assert "bend" not in base and "outside" not in base
+
+
+def test_without_structure_heatmaps_the_decoder_reads_the_edge_map_alone(render_cache, tmp_path):
+    config = StageTwoConfig(**{**TINY.to_dict(), "steps": 1, "structure_heatmaps": False})
+    fit(FitJob((render_cache,), tmp_path / "edges", config))
+    model = load_model(latest_checkpoint(tmp_path / "edges"))  # the decoder shape round-trips
+    uv = torch.rand(1, 2, config.num_keypoints, 2) * config.render_size
+    edges, structure = model.structure_maps(uv)
+    assert structure.shape == (1, 2, 1, config.render_size, config.render_size)
+    assert torch.equal(structure[:, :, 0], edges)
+    with pytest.raises(ConfigError, match="structure_heatmaps"):
+        StageTwoConfig(**{**TINY.to_dict(), "structure_heatmaps": False, "appearance_transport": True})
