@@ -4,7 +4,9 @@ A bend moves the parts on one side of a plane rigidly about an axis in that plan
 way a joint moves a limb. Keypoints that sit on parts follow such a warp; keypoints that
 mark the volume's furthest points in fixed directions do not (after a bend, another part
 is furthest that way). `bend_consistency` in the losses asks the keypoints found in a bent
-volume to be the bent keypoints.
+volume to be the bent keypoints. (The bend moves lifted features, not re-lifted views, so
+a keypoint that detects a view-based feature follows a bend as well: README, seventeenth
+screening.)
 
 The warp is defined by its sampling map G (output point -> source point), which is what
 `grid_sample` needs. Consistency is checked in the unbent frame: G of the keypoints found

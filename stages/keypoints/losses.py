@@ -127,7 +127,10 @@ def bend_consistency(
 
     Each sample is bent about a hinge through one of its own keypoints (chosen at random),
     with a random plane and up to `bend_max_deg`. A keypoint on a part moves with the part;
-    one that marks the furthest point in a fixed direction jumps to another part, and pays.
+    the furthest body point in a fixed direction would jump to another part. But the bend
+    moves the lifted features themselves, so a keypoint that detects a feature such as
+    "the silhouette's left edge" follows it too, and the term barely tells the two apart
+    (README, seventeenth screening).
 
     volume (B, C, M, M, M) the lifted volume; keypoints (B, N, 3) found in it.
     Returns the mean squared disagreement in units of the volume's half extent.
@@ -138,7 +141,7 @@ def bend_consistency(
     hinges = keypoints.detach()[torch.arange(b), pick.to(keypoints.device)]
     bend = random_bends(hinges, generator, config.bend_max_deg, BEND_SOFTNESS * extent)
     bent_volume, sources = bend_volume(volume, model.voxel_centres, extent, bend)
-    bent = model.keypoints_from_volume(bent_volume, sources)
+    bent, _ = model.keypoints_from_volume(bent_volume, sources)
     unbent = bend_sources(bent, bend)
     return (((unbent - keypoints) / extent) ** 2).mean()
 
@@ -158,7 +161,7 @@ def training_losses(
     intrinsics, world_to_camera = batch["intrinsics"], batch["world_to_camera"]
     inputs = model_inputs(model, batch)
     volume = model.lift(model.view_features(inputs), intrinsics, world_to_camera)
-    keypoints = model.keypoints_from_volume(volume)
+    keypoints, _ = model.keypoints_from_volume(volume)
     uv = model.project(keypoints, intrinsics, world_to_camera)
     edges, structure = model.structure_maps(uv)
     appearance = random_affine(

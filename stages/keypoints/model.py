@@ -130,9 +130,7 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """3D keypoints (B, N, 3) in the world frame and their voxel probabilities (B, N, M, M, M)."""
         volume = self.lift(self.view_features(inputs), intrinsics, world_to_camera)
-        heatmaps = self.keypoint_logits(volume)
-        with _full_precision(heatmaps):
-            return geometry.soft_argmax_3d(heatmaps.float(), self.voxel_centres.float())
+        return self.keypoints_from_volume(volume)
 
     def keypoint_logits(self, volume: torch.Tensor, prior_points: torch.Tensor | None = None) -> torch.Tensor:
         """Lifted volume (B, C, M, M, M) -> keypoint logits (B, N, M, M, M): V2V, plus the
@@ -154,11 +152,12 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
 
     def keypoints_from_volume(
         self, volume: torch.Tensor, prior_points: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Lifted volume (B, C, M, M, M) -> 3D keypoints (B, N, 3) in the world frame."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lifted volume (B, C, M, M, M) -> 3D keypoints (B, N, 3) in the world frame and
+        their voxel probabilities (B, N, M, M, M); prior_points as in `keypoint_logits`."""
         heatmaps = self.keypoint_logits(volume, prior_points)
         with _full_precision(heatmaps):
-            return geometry.soft_argmax_3d(heatmaps.float(), self.voxel_centres.float())[0]
+            return geometry.soft_argmax_3d(heatmaps.float(), self.voxel_centres.float())
 
     def fade_spread_prior(self, step: int) -> None:
         """Weight the spread prior for 0-based training `step`: 1 at step 0, falling linearly
