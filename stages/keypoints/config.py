@@ -136,8 +136,9 @@ class StageTwoConfig:
     """Weight of a consistency term under random bends of the lifted volume (one side of a
     random plane through a keypoint turned about a hinge, as a joint turns a limb): the
     keypoints of the bent volume, taken back through the bend, must be the volume's own.
-    Keypoints on parts follow a bend; keypoints at the furthest point in a fixed direction
-    do not. 0: off (the paper's objective)."""
+    Meant to tell keypoints on parts from the furthest points in fixed directions, but the
+    bend moves the lifted features with it, so the latter follow it too (README,
+    seventeenth screening: not kept). 0: off (the paper's objective)."""
     bend_max_deg: float = 45.0
     """Largest bend angle of lambda_bend's bends, in degrees."""
     appearance_hidden: float = 0.0

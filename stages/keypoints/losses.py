@@ -137,8 +137,8 @@ def bend_consistency(
     """
     extent = model.config.volume_half_extent
     b, n = keypoints.shape[:2]
-    pick = torch.randint(n, (b,), generator=generator)
-    hinges = keypoints.detach()[torch.arange(b), pick.to(keypoints.device)]
+    pick = torch.randint(n, (b,), generator=generator).to(keypoints.device)
+    hinges = keypoints.detach()[torch.arange(b, device=keypoints.device), pick]
     bend = random_bends(hinges, generator, config.bend_max_deg, BEND_SOFTNESS * extent)
     bent_volume, sources = bend_volume(volume, model.voxel_centres, extent, bend)
     bent, _ = model.keypoints_from_volume(bent_volume, sources)
