@@ -90,6 +90,9 @@ def fit_command(
     lambda_outside: float | None = typer.Option(
         None, help="Weight of a term on the edge map over the background alone (0: off)."
     ),
+    lambda_rigid: float | None = typer.Option(
+        None, help="Weight of the term that asks each keypoint for a partner at a steady distance (0: off)."
+    ),
     structure_heatmaps: bool | None = typer.Option(
         None, help="Feed the decoder each keypoint's heatmap beside the edge map (the paper; off: AutoLink)."
     ),
@@ -142,6 +145,7 @@ def fit_command(
             lambda_identity=lambda_identity,
             lambda_bend=lambda_bend,
             lambda_outside=lambda_outside,
+            lambda_rigid=lambda_rigid,
             structure_heatmaps=structure_heatmaps,
             adjacency_init=adjacency_init,
             adjacency_lr_scale=adjacency_lr_scale,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from stages.keypoints import training  # noqa: E402
 from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.errors import PerceptualWeightsMissing, TrainingError  # noqa: E402
+from stages.keypoints.losses import rigid_partner_loss  # noqa: E402
 from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
@@ -376,18 +378,45 @@ def test_mixed_precision_keeps_the_geometry_in_float32(render_cache):
     assert torch.isfinite(terms["total"]) and model.adjacency.grad is not None
 
 
-def test_bend_and_outside_terms_are_logged_and_leave_the_first_keypoints_alone(render_cache, tmp_path):
+def test_bend_outside_and_rigid_terms_are_logged_and_leave_the_first_keypoints_alone(render_cache, tmp_path):
     # The spread prior is on so that the bent pass reads it where its voxels came from.
-    spread = {**TINY.to_dict(), "steps": 1, "keypoint_spread": 0.5}
+    spread = {**TINY.to_dict(), "steps": 1, "keypoint_spread": 0.5, "batch_size": 2}
     records = []
-    for name, extra in (("base", {}), ("bend", {"lambda_bend": 1.0}), ("outside", {"lambda_outside": 1.0})):
+    variants = (("base", {}), ("bend", {"lambda_bend": 1.0}), ("outside", {"lambda_outside": 1.0}))
+    for name, extra in (*variants, ("rigid", {"lambda_rigid": 1.0})):
         fit(FitJob((render_cache,), tmp_path / name, StageTwoConfig(**{**spread, **extra})))
         records.append(losses(tmp_path / name)[0])
-    base, bend, outside = records
+    base, bend, outside, rigid = records
     # Their draws come after the keypoints', so the first step's keypoints are the base's.
-    assert base["mask"] == bend["mask"] == outside["mask"]
+    assert base["mask"] == bend["mask"] == outside["mask"] == rigid["mask"]
     assert 0 < bend["bend"] < 1 and 0 < outside["outside"] < outside["mask"] / 0.5
-    assert "bend" not in base and "outside" not in base
+    assert 0 < rigid["rigid"] < 1
+    assert not {"bend", "outside", "rigid"} & set(base)
+
+
+def test_the_rigid_term_is_zero_for_a_moving_rigid_constellation_and_not_for_jumping_points():
+    generator = torch.Generator().manual_seed(0)
+    constellation = torch.randn(6, 3, generator=generator)
+    turned = []
+    for angle in (0.1, 1.0, 2.0, 3.0):
+        c, s = math.cos(angle), math.sin(angle)
+        turn = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        turned.append(constellation @ turn.T + torch.randn(3, generator=generator))
+    assert rigid_partner_loss(torch.stack(turned), 0.1) < 1e-9
+    # One point that jumps between two places: every distance to it changes, the others' do not.
+    jumping = torch.stack(turned).clone()
+    jumping[::2, 0] += 2.0
+    points = jumping.requires_grad_()
+    loss = rigid_partner_loss(points, 0.1)
+    loss.backward()
+    assert loss > 1e-3 and points.grad[:, 0].abs().sum() > 0
+    # Coincident points are nobody's partner, and their gradient stays finite.
+    together = torch.zeros(4, 5, 3, requires_grad=True)
+    loss = rigid_partner_loss(together, 0.1)
+    loss.backward()
+    assert loss == 0 and torch.isfinite(together.grad).all()
+    with pytest.raises(ConfigError, match="batch_size"):
+        StageTwoConfig(**{**TINY.to_dict(), "lambda_rigid": 1.0, "batch_size": 1})
 
 
 def test_without_structure_heatmaps_the_decoder_reads_the_edge_map_alone(render_cache, tmp_path):

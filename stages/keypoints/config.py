@@ -45,6 +45,8 @@ _FLOAT_RANGES = (
     ("lambda_rotation", 0.0, False),
     ("lambda_bend", 0.0, False),
     ("lambda_outside", 0.0, False),
+    ("lambda_rigid", 0.0, False),
+    ("rigid_min_distance", 0.0, False),
     ("bend_max_deg", 0.0, False),
     ("edge_sigma", 0.0, True),
     ("heatmap_sigma", 0.0, True),
@@ -132,6 +134,16 @@ class StageTwoConfig:
     lambda_outside: float = 0.0
     """Weight of a term on the edge map over the background alone (the mask term charges it
     and uncovered foreground alike): edges must stay on the body. 0: off."""
+    lambda_rigid: float = 0.0
+    """Weight of a term that asks every keypoint for a rigid partner: another keypoint whose
+    distance to it stays the same across the batch's samples (the squared coefficient of
+    variation of that distance, for the steadiest partner). Two points on one limb keep
+    their distance in every pose; the furthest body points in two fixed directions do not.
+    Assumes the figure's size is the same in every sample, as in the synthetic world.
+    0: off (the paper's objective)."""
+    rigid_min_distance: float = 0.1
+    """Partners nearer than this on average over the batch (a share of the volume's half
+    extent) do not count for lambda_rigid, so two keypoints cannot meet it by coinciding."""
     lambda_bend: float = 0.0
     """Weight of a consistency term under random bends of the lifted volume (one side of a
     random plane through a keypoint turned about a hinge, as a joint turns a limb): the
@@ -209,6 +221,10 @@ class StageTwoConfig:
         if self.lambda_identity and self.batch_size < 2:
             raise ConfigError(
                 f"lambda_identity compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
+            )
+        if self.lambda_rigid and self.batch_size < 2:
+            raise ConfigError(
+                f"lambda_rigid compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
             )
         if self.appearance_transport and not self.structure_heatmaps:
             raise ConfigError(

@@ -64,6 +64,32 @@ def outside_loss(edges: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return ((edges * (1.0 - masks)) ** 2).mean()
 
 
+def rigid_partner_loss(keypoints: torch.Tensor, min_distance: float) -> torch.Tensor:
+    """How far each keypoint is from having a partner at a steady distance across samples.
+
+    For every pair of keypoints, the squared coefficient of variation (variance over mean
+    squared) of their distance over the batch's samples; for every keypoint, the least of
+    these over its partners that lie at least `min_distance` away on average; the mean of
+    those over keypoints. Points on one rigid part score 0 in any poses; the furthest body
+    points in fixed directions jump between parts as the pose changes and do not.
+
+    keypoints (B, N, 3), B >= 2, in the figure's units. Returns a scalar (0 when no keypoint
+    has a partner far enough away).
+    """
+    offsets = keypoints[:, :, None] - keypoints[:, None]
+    # Distances with a floor inside the root: its gradient at a coincident pair stays finite.
+    distances = (offsets.pow(2).sum(-1) + 1e-12).sqrt()  # (B, N, N)
+    mean = distances.mean(0)
+    variation = distances.var(0, unbiased=False) / (mean.pow(2) + 1e-12)
+    eligible = mean.detach() >= min_distance
+    eligible &= ~torch.eye(eligible.shape[0], dtype=torch.bool, device=eligible.device)
+    steadiest = variation.masked_fill(~eligible, math.inf).min(1).values
+    found = eligible.any(1)
+    if not found.any():
+        return keypoints.sum() * 0.0
+    return steadiest[found].mean()
+
+
 def keypoint_identity_loss(
     features: torch.Tensor, uv: torch.Tensor, image_size: int, temperature: float
 ) -> torch.Tensor:
@@ -176,6 +202,9 @@ def training_losses(
     }
     if config.lambda_outside > 0:
         terms["outside"] = config.lambda_outside * outside_loss(edges.float(), masks)
+    if config.lambda_rigid > 0:
+        min_distance = config.rigid_min_distance * model.config.volume_half_extent
+        terms["rigid"] = config.lambda_rigid * rigid_partner_loss(keypoints.float(), min_distance)
     if config.lambda_colour > 0:
         terms["colour"] = config.lambda_colour * (reconstruction.float() - views).abs().mean()
     if config.lambda_rotation > 0:
