@@ -25,7 +25,7 @@ from stages.keypoints import training  # noqa: E402
 from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.errors import PerceptualWeightsMissing, TrainingError  # noqa: E402
-from stages.keypoints.losses import rigid_partner_loss  # noqa: E402
+from stages.keypoints.losses import rigid_edge_loss, rigid_partner_loss  # noqa: E402
 from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
@@ -417,6 +417,23 @@ def test_the_rigid_term_is_zero_for_a_moving_rigid_constellation_and_not_for_jum
     assert loss == 0 and torch.isfinite(together.grad).all()
     with pytest.raises(ConfigError, match="batch_size"):
         StageTwoConfig(**{**TINY.to_dict(), "lambda_rigid": 1.0, "batch_size": 1})
+    with pytest.raises(ConfigError, match="rigid_pairs"):
+        StageTwoConfig(**{**TINY.to_dict(), "rigid_pairs": "all"})
+
+
+def test_the_rigid_edge_term_charges_only_the_drawn_edges_and_leaves_the_weights_alone():
+    generator = torch.Generator().manual_seed(1)
+    points = torch.randn(4, 3, 3, generator=generator) * 0.01
+    points[:, 1] += torch.tensor([1.0, 0.0, 0.0])  # 0-1 keeps its length
+    points[:, 2] += torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 2.0, 0.0]])
+    rigid_edge = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    loose_edge = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    points.requires_grad_()
+    steady = rigid_edge_loss(points, rigid_edge, 0.1)
+    assert steady < 1e-3 < rigid_edge_loss(points, loose_edge, 0.1)
+    steady.backward()
+    assert rigid_edge.grad is None and points.grad.abs().sum() > 0
+    assert rigid_edge_loss(points, torch.zeros(3, 3), 0.1) == 0
 
 
 def test_without_structure_heatmaps_the_decoder_reads_the_edge_map_alone(render_cache, tmp_path):

@@ -141,6 +141,10 @@ class StageTwoConfig:
     their distance in every pose; the furthest body points in two fixed directions do not.
     Assumes the figure's size is the same in every sample, as in the synthetic world.
     0: off (the paper's objective)."""
+    rigid_pairs: str = "steadiest"
+    """Which pairs lambda_rigid asks to keep their length: 'steadiest' (each keypoint's
+    steadiest partner) or 'edges' (every pair, weighted by the learned skeleton's edge
+    weights, which it does not train)."""
     rigid_min_distance: float = 0.1
     """Partners nearer than this on average over the batch (a share of the volume's half
     extent) do not count for lambda_rigid, so two keypoints cannot meet it by coinciding."""
@@ -222,6 +226,8 @@ class StageTwoConfig:
             raise ConfigError(
                 f"lambda_identity compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
             )
+        if self.rigid_pairs not in ("steadiest", "edges"):
+            raise ConfigError(f"rigid_pairs must be 'steadiest' or 'edges', got {self.rigid_pairs!r}")
         if self.lambda_rigid and self.batch_size < 2:
             raise ConfigError(
                 f"lambda_rigid compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"

@@ -64,18 +64,10 @@ def outside_loss(edges: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return ((edges * (1.0 - masks)) ** 2).mean()
 
 
-def rigid_partner_loss(keypoints: torch.Tensor, min_distance: float) -> torch.Tensor:
-    """How far each keypoint is from having a partner at a steady distance across samples.
-
-    For every pair of keypoints, the squared coefficient of variation (variance over mean
-    squared) of their distance over the batch's samples; for every keypoint, the least of
-    these over its partners that lie at least `min_distance` away on average; the mean of
-    those over keypoints. Points on one rigid part score 0 in any poses; the furthest body
-    points in fixed directions jump between parts as the pose changes and do not.
-
-    keypoints (B, N, 3), B >= 2, in the figure's units. Returns a scalar (0 when no keypoint
-    has a partner far enough away).
-    """
+def _distance_variation(keypoints: torch.Tensor, min_distance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every pair of keypoints (B, N, 3), the squared coefficient of variation (variance
+    over mean squared) of their distance over the batch's samples, (N, N), and which pairs
+    count: distinct keypoints at least `min_distance` apart on average (N, N) bool."""
     offsets = keypoints[:, :, None] - keypoints[:, None]
     # Distances with a floor inside the root: its gradient at a coincident pair stays finite.
     distances = (offsets.pow(2).sum(-1) + 1e-12).sqrt()  # (B, N, N)
@@ -83,11 +75,44 @@ def rigid_partner_loss(keypoints: torch.Tensor, min_distance: float) -> torch.Te
     variation = distances.var(0, unbiased=False) / (mean.pow(2) + 1e-12)
     eligible = mean.detach() >= min_distance
     eligible &= ~torch.eye(eligible.shape[0], dtype=torch.bool, device=eligible.device)
+    return variation, eligible
+
+
+def rigid_partner_loss(keypoints: torch.Tensor, min_distance: float) -> torch.Tensor:
+    """How far each keypoint is from having a partner at a steady distance across samples.
+
+    For every keypoint, the least squared coefficient of variation of its distance to a
+    partner over the batch's samples, among partners at least `min_distance` away on
+    average; the mean of those over keypoints. Points on one rigid part score 0 in any
+    poses; the furthest body points in fixed directions jump between parts as the pose
+    changes and do not. So does a constellation that ignores the pose (README, eighteenth
+    screening).
+
+    keypoints (B, N, 3), B >= 2, in the figure's units. Returns a scalar (0 when no keypoint
+    has a partner far enough away).
+    """
+    variation, eligible = _distance_variation(keypoints, min_distance)
     steadiest = variation.masked_fill(~eligible, math.inf).min(1).values
     found = eligible.any(1)
     if not found.any():
         return keypoints.sum() * 0.0
     return steadiest[found].mean()
+
+
+def rigid_edge_loss(keypoints: torch.Tensor, weights: torch.Tensor, min_distance: float) -> torch.Tensor:
+    """The skeleton's edges must keep their length across samples: the squared coefficient
+    of variation of each pair's distance over the batch, averaged with the edge weights.
+
+    The weights (N, N) are taken as they are (no gradient): the reconstruction decides
+    which edges are drawn, and this term asks the drawn ones to be rigid, as a limb is.
+    Pairs nearer than `min_distance` on average do not count. keypoints (B, N, 3), B >= 2.
+    """
+    variation, eligible = _distance_variation(keypoints, min_distance)
+    weights = weights.detach() * eligible
+    total = weights.sum()
+    if total <= 0:
+        return keypoints.sum() * 0.0
+    return (weights * variation).sum() / total
 
 
 def keypoint_identity_loss(
@@ -204,7 +229,11 @@ def training_losses(
         terms["outside"] = config.lambda_outside * outside_loss(edges.float(), masks)
     if config.lambda_rigid > 0:
         min_distance = config.rigid_min_distance * model.config.volume_half_extent
-        terms["rigid"] = config.lambda_rigid * rigid_partner_loss(keypoints.float(), min_distance)
+        if config.rigid_pairs == "edges":
+            rigid = rigid_edge_loss(keypoints.float(), model.edge_weights().float(), min_distance)
+        else:
+            rigid = rigid_partner_loss(keypoints.float(), min_distance)
+        terms["rigid"] = config.lambda_rigid * rigid
     if config.lambda_colour > 0:
         terms["colour"] = config.lambda_colour * (reconstruction.float() - views).abs().mean()
     if config.lambda_rotation > 0:
