@@ -421,6 +421,19 @@ def test_the_rigid_term_is_zero_for_a_moving_rigid_constellation_and_not_for_jum
         StageTwoConfig(**{**TINY.to_dict(), "rigid_pairs": "all"})
 
 
+def test_a_stick_skeleton_draws_only_its_segments_and_round_trips(render_cache, tmp_path):
+    fields = {"steps": 1, "batch_size": 2, "skeleton": "sticks", "lambda_rigid": 1.0, "rigid_pairs": "edges"}
+    config = StageTwoConfig(**{**TINY.to_dict(), **fields})
+    fit(FitJob((render_cache,), tmp_path / "sticks", config))
+    assert 0 < losses(tmp_path / "sticks")[0]["rigid"] < 1
+    model = load_model(latest_checkpoint(tmp_path / "sticks"))
+    weights = model.edge_weights()
+    n = config.num_keypoints
+    assert weights.sum() == n and all(weights[2 * m, 2 * m + 1] == 1 for m in range(n // 2))
+    with pytest.raises(ConfigError, match="num_keypoints"):
+        StageTwoConfig(**{**TINY.to_dict(), "skeleton": "sticks", "num_keypoints": 5})
+
+
 def test_the_rigid_edge_term_charges_only_the_drawn_edges_and_leaves_the_weights_alone():
     generator = torch.Generator().manual_seed(1)
     points = torch.randn(4, 3, 3, generator=generator) * 0.01

@@ -104,6 +104,11 @@ class StageTwoConfig:
     appearance_transport: bool = False
     """Also paint, in every view k, each keypoint's appearance sampled where it projects in
     view 0, at its projection in view k: a keypoint that stays on one part pays off."""
+    skeleton: str = "learned"
+    """Which pairs the edge map joins: 'learned' (every pair, weighted by the learned
+    adjacency: the paper) or 'sticks' (keypoints 2m and 2m + 1 only, weight 1: the figure
+    must be drawn with N / 2 segments, and with lambda_rigid and rigid_pairs 'edges' each
+    segment keeps its length, as a limb does)."""
     structure_heatmaps: bool = True
     """The decoder reads each keypoint's Gaussian heatmap beside the edge map (the paper).
     False: the edge map alone, as AutoLink's decoder; a keypoint's identity then reaches
@@ -225,6 +230,12 @@ class StageTwoConfig:
         if self.lambda_identity and self.batch_size < 2:
             raise ConfigError(
                 f"lambda_identity compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
+            )
+        if self.skeleton not in ("learned", "sticks"):
+            raise ConfigError(f"skeleton must be 'learned' or 'sticks', got {self.skeleton!r}")
+        if self.skeleton == "sticks" and self.num_keypoints % 2:
+            raise ConfigError(
+                f"skeleton 'sticks' pairs the keypoints: num_keypoints must be even, got {self.num_keypoints}"
             )
         if self.rigid_pairs not in ("steadiest", "edges"):
             raise ConfigError(f"rigid_pairs must be 'steadiest' or 'edges', got {self.rigid_pairs!r}")

@@ -47,6 +47,7 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         keypoint_spread: float = 0.0,
         keypoint_spread_steps: int = 0,
         structure_heatmaps: bool = True,
+        skeleton: str = "learned",
     ):
         super().__init__()
         if feature_source == "diffusion":
@@ -61,6 +62,13 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         self.volume_net = V2VNet(keypoint_channels, num_keypoints, tuple(volume_channels))
         # Small random values break the symmetry between pairs from the first step.
         self.adjacency = nn.Parameter(adjacency_init + torch.randn(num_keypoints, num_keypoints) * 0.01)
+        # Keypoints 2m and 2m + 1 are the ends of segment m; no other pair is drawn.
+        graph = None
+        if skeleton == "sticks":
+            graph = torch.zeros(num_keypoints, num_keypoints)
+            ends = torch.arange(0, num_keypoints - 1, 2)
+            graph[ends, ends + 1] = graph[ends + 1, ends] = 1.0
+        self.register_buffer("stick_graph", graph, persistent=False)
         self.appearance = AppearanceEncoder(decoder_channels)
         self.transport = AppearanceTransport(TRANSPORT_CHANNELS) if appearance_transport else None
         transported = TRANSPORT_CHANNELS if appearance_transport else 0
@@ -92,7 +100,10 @@ class KeyDiff3DModel(ModelMixin, ConfigMixin):
         return [p for part in parts for p in part.parameters()]
 
     def edge_weights(self) -> torch.Tensor:
-        """w_ij = softplus(A_ij), symmetric, zero diagonal. Shape (N, N)."""
+        """w_ij = softplus(A_ij), symmetric, zero diagonal; the fixed segments with skeleton
+        'sticks'. Shape (N, N)."""
+        if self.stick_graph is not None:
+            return self.stick_graph
         weights = F.softplus(0.5 * (self.adjacency + self.adjacency.T))
         return weights * (1.0 - torch.eye(len(weights), device=weights.device, dtype=weights.dtype))
 

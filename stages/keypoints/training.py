@@ -107,6 +107,7 @@ def build_model(config: StageTwoConfig, caches: tuple[Path, ...]) -> tuple[KeyDi
             keypoint_spread=config.keypoint_spread,
             keypoint_spread_steps=config.keypoint_spread_steps,
             structure_heatmaps=config.structure_heatmaps,
+            skeleton=config.skeleton,
         )
     record = {
         "caches": [str(Path(c).resolve()) for c in caches],
