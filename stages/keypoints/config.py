@@ -46,6 +46,7 @@ _FLOAT_RANGES = (
     ("lambda_bend", 0.0, False),
     ("lambda_outside", 0.0, False),
     ("lambda_rigid", 0.0, False),
+    ("lambda_concentration", 0.0, False),
     ("rigid_min_distance", 0.0, False),
     ("bend_max_deg", 0.0, False),
     ("edge_sigma", 0.0, True),
@@ -139,6 +140,11 @@ class StageTwoConfig:
     lambda_outside: float = 0.0
     """Weight of a term on the edge map over the background alone (the mask term charges it
     and uncovered foreground alike): edges must stay on the body. 0: off."""
+    lambda_concentration: float = 0.0
+    """Weight of the spread of each keypoint's voxel distribution (its variance about the
+    keypoint, in units of the volume's half extent squared; Zhang et al. 2018's
+    concentration loss): a diffuse distribution puts the soft-argmax between the places it
+    weighs, off the body. 0: off (the paper's objective)."""
     lambda_rigid: float = 0.0
     """Weight of a term that asks every keypoint for a rigid partner: another keypoint whose
     distance to it stays the same across the batch's samples (the squared coefficient of

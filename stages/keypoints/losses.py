@@ -64,6 +64,18 @@ def outside_loss(edges: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return ((edges * (1.0 - masks)) ** 2).mean()
 
 
+def concentration_loss(
+    probabilities: torch.Tensor, centres: torch.Tensor, keypoints: torch.Tensor, unit: float
+) -> torch.Tensor:
+    """Mean variance of each keypoint's voxel distribution about the keypoint, in unit**2.
+
+    probabilities (B, N, M, M, M) summing to 1 over the voxels; centres (M, M, M, 3);
+    keypoints (B, N, 3), their expected positions."""
+    flat = probabilities.flatten(2)  # (B, N, M^3)
+    squared = ((centres.reshape(1, 1, -1, 3) - keypoints[:, :, None]) / unit).pow(2).sum(-1)
+    return (flat * squared).sum(-1).mean()
+
+
 def _distance_variation(keypoints: torch.Tensor, min_distance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """For every pair of keypoints (B, N, 3), the squared coefficient of variation (variance
     over mean squared) of their distance over the batch's samples, (N, N), and which pairs
@@ -212,7 +224,7 @@ def training_losses(
     intrinsics, world_to_camera = batch["intrinsics"], batch["world_to_camera"]
     inputs = model_inputs(model, batch)
     volume = model.lift(model.view_features(inputs), intrinsics, world_to_camera)
-    keypoints, _ = model.keypoints_from_volume(volume)
+    keypoints, probabilities = model.keypoints_from_volume(volume)
     uv = model.project(keypoints, intrinsics, world_to_camera)
     edges, structure = model.structure_maps(uv)
     appearance = random_affine(
@@ -227,6 +239,10 @@ def training_losses(
     }
     if config.lambda_outside > 0:
         terms["outside"] = config.lambda_outside * outside_loss(edges.float(), masks)
+    if config.lambda_concentration > 0:
+        extent = model.config.volume_half_extent
+        spread = concentration_loss(probabilities, model.voxel_centres.float(), keypoints, extent)
+        terms["concentration"] = config.lambda_concentration * spread
     if config.lambda_rigid > 0:
         min_distance = config.rigid_min_distance * model.config.volume_half_extent
         if config.rigid_pairs == "edges":
