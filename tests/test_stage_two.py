@@ -21,11 +21,14 @@ from pipeline.generate import GenerateJob, run_generate  # noqa: E402
 from pipeline.train_cli import app  # noqa: E402
 from stages.config import GenerationConfig  # noqa: E402
 from stages.errors import ConfigError  # noqa: E402
-from stages.keypoints import training  # noqa: E402
+from stages.keypoints import (
+    geometry,  # noqa: E402
+    training,  # noqa: E402
+)
 from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.errors import PerceptualWeightsMissing, TrainingError  # noqa: E402
-from stages.keypoints.losses import rigid_edge_loss, rigid_partner_loss  # noqa: E402
+from stages.keypoints.losses import concentration_loss, rigid_edge_loss, rigid_partner_loss  # noqa: E402
 from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
@@ -383,15 +386,19 @@ def test_bend_outside_and_rigid_terms_are_logged_and_leave_the_first_keypoints_a
     spread = {**TINY.to_dict(), "steps": 1, "keypoint_spread": 0.5, "batch_size": 2}
     records = []
     variants = (("base", {}), ("bend", {"lambda_bend": 1.0}), ("outside", {"lambda_outside": 1.0}))
-    for name, extra in (*variants, ("rigid", {"lambda_rigid": 1.0})):
+    for name, extra in (
+        *variants,
+        ("rigid", {"lambda_rigid": 1.0}),
+        ("sharp", {"lambda_concentration": 1.0}),
+    ):
         fit(FitJob((render_cache,), tmp_path / name, StageTwoConfig(**{**spread, **extra})))
         records.append(losses(tmp_path / name)[0])
-    base, bend, outside, rigid = records
+    base, bend, outside, rigid, sharp = records
     # Their draws come after the keypoints', so the first step's keypoints are the base's.
-    assert base["mask"] == bend["mask"] == outside["mask"] == rigid["mask"]
+    assert base["mask"] == bend["mask"] == outside["mask"] == rigid["mask"] == sharp["mask"]
     assert 0 < bend["bend"] < 1 and 0 < outside["outside"] < outside["mask"] / 0.5
-    assert 0 < rigid["rigid"] < 1
-    assert not {"bend", "outside", "rigid"} & set(base)
+    assert 0 < rigid["rigid"] < 1 and 0 < sharp["concentration"] < 3
+    assert not {"bend", "outside", "rigid", "concentration"} & set(base)
 
 
 def test_the_rigid_term_is_zero_for_a_moving_rigid_constellation_and_not_for_jumping_points():
@@ -432,6 +439,17 @@ def test_a_stick_skeleton_draws_only_its_segments_and_round_trips(render_cache, 
     assert weights.sum() == n and all(weights[2 * m, 2 * m + 1] == 1 for m in range(n // 2))
     with pytest.raises(ConfigError, match="num_keypoints"):
         StageTwoConfig(**{**TINY.to_dict(), "skeleton": "sticks", "num_keypoints": 5})
+
+
+def test_the_concentration_term_is_the_variance_of_each_keypoints_voxel_distribution():
+    centres = geometry.voxel_centres(8, 1.0)
+    logits = torch.zeros(1, 2, 8, 8, 8)
+    logits[0, 1, 2, 3, 4] = 50.0  # keypoint 1 on one voxel, keypoint 0 spread evenly
+    points, probabilities = geometry.soft_argmax_3d(logits, centres)
+    per_axis = (2.0 / 8) ** 2 * (8**2 - 1) / 12  # a uniform grid of 8 steps of 2/8
+    expected = 0.5 * 3 * per_axis
+    assert abs(concentration_loss(probabilities, centres, points, 1.0) - expected) < 1e-5
+    assert abs(concentration_loss(probabilities, centres, points, 2.0) - expected / 4) < 1e-5
 
 
 def test_the_rigid_edge_term_charges_only_the_drawn_edges_and_leaves_the_weights_alone():

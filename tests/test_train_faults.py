@@ -229,6 +229,7 @@ def test_an_unknown_device_and_a_zero_batch_size_are_one_line(cache, trained, tm
         ("lambda_outside", -0.1),
         ("lambda_rigid", math.inf),
         ("rigid_min_distance", -0.1),
+        ("lambda_concentration", math.nan),
         ("seed", -1),
         ("steps", 0),
         ("batch_size", 0),
