@@ -93,6 +93,9 @@ def fit_command(
     lambda_rigid: float | None = typer.Option(
         None, help="Weight of the term that asks each keypoint for a partner at a steady distance (0: off)."
     ),
+    lambda_concentration: float | None = typer.Option(
+        None, help="Weight of the spread of each keypoint's voxel distribution (0: off)."
+    ),
     structure_heatmaps: bool | None = typer.Option(
         None, help="Feed the decoder each keypoint's heatmap beside the edge map (the paper; off: AutoLink)."
     ),
@@ -146,6 +149,7 @@ def fit_command(
             lambda_bend=lambda_bend,
             lambda_outside=lambda_outside,
             lambda_rigid=lambda_rigid,
+            lambda_concentration=lambda_concentration,
             structure_heatmaps=structure_heatmaps,
             adjacency_init=adjacency_init,
             adjacency_lr_scale=adjacency_lr_scale,

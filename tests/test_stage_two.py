@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -22,13 +21,11 @@ from pipeline.train_cli import app  # noqa: E402
 from stages.config import GenerationConfig  # noqa: E402
 from stages.errors import ConfigError  # noqa: E402
 from stages.keypoints import (
-    geometry,  # noqa: E402
     training,  # noqa: E402
 )
 from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
 from stages.keypoints.errors import PerceptualWeightsMissing, TrainingError  # noqa: E402
-from stages.keypoints.losses import concentration_loss, rigid_edge_loss, rigid_partner_loss  # noqa: E402
 from stages.keypoints.predict import predict_cache  # noqa: E402
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from stages.synthetic.world import SyntheticWorldConfig  # noqa: E402
@@ -399,72 +396,6 @@ def test_bend_outside_and_rigid_terms_are_logged_and_leave_the_first_keypoints_a
     assert 0 < bend["bend"] < 1 and 0 < outside["outside"] < outside["mask"] / 0.5
     assert 0 < rigid["rigid"] < 1 and 0 < sharp["concentration"] < 3
     assert not {"bend", "outside", "rigid", "concentration"} & set(base)
-
-
-def test_the_rigid_term_is_zero_for_a_moving_rigid_constellation_and_not_for_jumping_points():
-    generator = torch.Generator().manual_seed(0)
-    constellation = torch.randn(6, 3, generator=generator)
-    turned = []
-    for angle in (0.1, 1.0, 2.0, 3.0):
-        c, s = math.cos(angle), math.sin(angle)
-        turn = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-        turned.append(constellation @ turn.T + torch.randn(3, generator=generator))
-    assert rigid_partner_loss(torch.stack(turned), 0.1) < 1e-9
-    # One point that jumps between two places: every distance to it changes, the others' do not.
-    jumping = torch.stack(turned).clone()
-    jumping[::2, 0] += 2.0
-    points = jumping.requires_grad_()
-    loss = rigid_partner_loss(points, 0.1)
-    loss.backward()
-    assert loss > 1e-3 and points.grad[:, 0].abs().sum() > 0
-    # Coincident points are nobody's partner, and their gradient stays finite.
-    together = torch.zeros(4, 5, 3, requires_grad=True)
-    loss = rigid_partner_loss(together, 0.1)
-    loss.backward()
-    assert loss == 0 and torch.isfinite(together.grad).all()
-    with pytest.raises(ConfigError, match="batch_size"):
-        StageTwoConfig(**{**TINY.to_dict(), "lambda_rigid": 1.0, "batch_size": 1})
-    with pytest.raises(ConfigError, match="rigid_pairs"):
-        StageTwoConfig(**{**TINY.to_dict(), "rigid_pairs": "all"})
-
-
-def test_a_stick_skeleton_draws_only_its_segments_and_round_trips(render_cache, tmp_path):
-    fields = {"steps": 1, "batch_size": 2, "skeleton": "sticks", "lambda_rigid": 1.0, "rigid_pairs": "edges"}
-    config = StageTwoConfig(**{**TINY.to_dict(), **fields})
-    fit(FitJob((render_cache,), tmp_path / "sticks", config))
-    assert 0 < losses(tmp_path / "sticks")[0]["rigid"] < 1
-    model = load_model(latest_checkpoint(tmp_path / "sticks"))
-    weights = model.edge_weights()
-    n = config.num_keypoints
-    assert weights.sum() == n and all(weights[2 * m, 2 * m + 1] == 1 for m in range(n // 2))
-    with pytest.raises(ConfigError, match="num_keypoints"):
-        StageTwoConfig(**{**TINY.to_dict(), "skeleton": "sticks", "num_keypoints": 5})
-
-
-def test_the_concentration_term_is_the_variance_of_each_keypoints_voxel_distribution():
-    centres = geometry.voxel_centres(8, 1.0)
-    logits = torch.zeros(1, 2, 8, 8, 8)
-    logits[0, 1, 2, 3, 4] = 50.0  # keypoint 1 on one voxel, keypoint 0 spread evenly
-    points, probabilities = geometry.soft_argmax_3d(logits, centres)
-    per_axis = (2.0 / 8) ** 2 * (8**2 - 1) / 12  # a uniform grid of 8 steps of 2/8
-    expected = 0.5 * 3 * per_axis
-    assert abs(concentration_loss(probabilities, centres, points, 1.0) - expected) < 1e-5
-    assert abs(concentration_loss(probabilities, centres, points, 2.0) - expected / 4) < 1e-5
-
-
-def test_the_rigid_edge_term_charges_only_the_drawn_edges_and_leaves_the_weights_alone():
-    generator = torch.Generator().manual_seed(1)
-    points = torch.randn(4, 3, 3, generator=generator) * 0.01
-    points[:, 1] += torch.tensor([1.0, 0.0, 0.0])  # 0-1 keeps its length
-    points[:, 2] += torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 2.0, 0.0]])
-    rigid_edge = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
-    loose_edge = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    points.requires_grad_()
-    steady = rigid_edge_loss(points, rigid_edge, 0.1)
-    assert steady < 1e-3 < rigid_edge_loss(points, loose_edge, 0.1)
-    steady.backward()
-    assert rigid_edge.grad is None and points.grad.abs().sum() > 0
-    assert rigid_edge_loss(points, torch.zeros(3, 3), 0.1) == 0
 
 
 def test_without_structure_heatmaps_the_decoder_reads_the_edge_map_alone(render_cache, tmp_path):

@@ -258,6 +258,7 @@ def test_the_eval_config_refuses_a_bad_ridge_and_seed():
         ("--lambda-bend", "-1", "lambda_bend"),
         ("--lambda-outside", "inf", "lambda_outside"),
         ("--lambda-rigid", "-1", "lambda_rigid"),
+        ("--lambda-concentration", "nan", "lambda_concentration"),
         ("--seed", "-1", "seed"),
         ("--steps", "0", "steps"),
         ("--batch-size", "0", "batch_size"),

@@ -144,14 +144,17 @@ class StageTwoConfig:
     """Weight of the spread of each keypoint's voxel distribution (its variance about the
     keypoint, in units of the volume's half extent squared; Zhang et al. 2018's
     concentration loss): a diffuse distribution puts the soft-argmax between the places it
-    weighs, off the body. 0: off (the paper's objective)."""
+    weighs, off the body. Sharpened, the keypoints merged onto fewer places and every error
+    rose (README, eighteenth screening: not kept). 0: off (the paper's objective)."""
     lambda_rigid: float = 0.0
     """Weight of a term that asks every keypoint for a rigid partner: another keypoint whose
     distance to it stays the same across the batch's samples (the squared coefficient of
     variation of that distance, for the steadiest partner). Two points on one limb keep
     their distance in every pose; the furthest body points in two fixed directions do not.
-    Assumes the figure's size is the same in every sample, as in the synthetic world.
-    0: off (the paper's objective)."""
+    Assumes the figure's size is the same in every sample, as in the synthetic world. A
+    constellation that ignores the pose is rigid too, and training met the term that way
+    in every form tried (README, eighteenth screening: not kept). 0: off (the paper's
+    objective)."""
     rigid_pairs: str = "steadiest"
     """Which pairs lambda_rigid asks to keep their length: 'steadiest' (each keypoint's
     steadiest partner) or 'edges' (every pair, weighted by the learned skeleton's edge
