@@ -14,6 +14,8 @@ AGGREGATIONS = ("softmax", "mean")
 PIXEL_ENCODERS = ("shallow", "deep")
 PERCEPTUAL_KINDS = ("vgg", "ssim")
 LR_SCHEDULES = ("constant", "cosine")
+SKELETONS = ("learned", "sticks")
+RIGID_PAIRS = ("steadiest", "edges")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -222,6 +224,8 @@ class StageTwoConfig:
         _choice("perceptual", self.perceptual, PERCEPTUAL_KINDS)
         _choice("pixel_encoder", self.pixel_encoder, PIXEL_ENCODERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("skeleton", self.skeleton, SKELETONS)
+        _choice("rigid_pairs", self.rigid_pairs, RIGID_PAIRS)
         if self.pixel_input_size < 0:
             raise ConfigError(f"pixel_input_size must be >= 0, got {self.pixel_input_size}")
         for name, minimum, strict in _FLOAT_RANGES:
@@ -236,21 +240,14 @@ class StageTwoConfig:
             raise ConfigError(
                 "lambda_identity re-reads turned views with the pixel encoder: needs feature_source 'pixels'"
             )
-        if self.lambda_identity and self.batch_size < 2:
-            raise ConfigError(
-                f"lambda_identity compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
-            )
-        if self.skeleton not in ("learned", "sticks"):
-            raise ConfigError(f"skeleton must be 'learned' or 'sticks', got {self.skeleton!r}")
+        for name in ("lambda_identity", "lambda_rigid"):
+            if getattr(self, name) and self.batch_size < 2:
+                raise ConfigError(
+                    f"{name} compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
+                )
         if self.skeleton == "sticks" and self.num_keypoints % 2:
             raise ConfigError(
                 f"skeleton 'sticks' pairs the keypoints: num_keypoints must be even, got {self.num_keypoints}"
-            )
-        if self.rigid_pairs not in ("steadiest", "edges"):
-            raise ConfigError(f"rigid_pairs must be 'steadiest' or 'edges', got {self.rigid_pairs!r}")
-        if self.lambda_rigid and self.batch_size < 2:
-            raise ConfigError(
-                f"lambda_rigid compares a batch's samples: it needs batch_size >= 2, got {self.batch_size}"
             )
         if self.appearance_transport and not self.structure_heatmaps:
             raise ConfigError(

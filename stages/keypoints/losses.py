@@ -239,12 +239,12 @@ def training_losses(
     }
     if config.lambda_outside > 0:
         terms["outside"] = config.lambda_outside * outside_loss(edges.float(), masks)
+    extent = model.config.volume_half_extent
     if config.lambda_concentration > 0:
-        extent = model.config.volume_half_extent
         spread = concentration_loss(probabilities, model.voxel_centres.float(), keypoints, extent)
         terms["concentration"] = config.lambda_concentration * spread
     if config.lambda_rigid > 0:
-        min_distance = config.rigid_min_distance * model.config.volume_half_extent
+        min_distance = config.rigid_min_distance * extent
         if config.rigid_pairs == "edges":
             rigid = rigid_edge_loss(keypoints.float(), model.edge_weights().float(), min_distance)
         else:
@@ -256,7 +256,6 @@ def training_losses(
         rotation = random_z_rotations(len(views), generator).to(keypoints)
         rotated, _ = model.predict_keypoints(inputs, intrinsics, rotate_cameras(world_to_camera, rotation))
         expected = keypoints @ rotation.transpose(1, 2)
-        extent = model.config.volume_half_extent
         terms["rotation"] = config.lambda_rotation * (((rotated - expected) / extent) ** 2).mean()
     if config.lambda_bend > 0:
         terms["bend"] = config.lambda_bend * bend_consistency(model, volume, keypoints, config, generator)
