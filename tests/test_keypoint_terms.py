@@ -16,7 +16,12 @@ from stages.errors import ConfigError  # noqa: E402
 from stages.keypoints import geometry  # noqa: E402
 from stages.keypoints.checkpoint import latest_checkpoint, load_model  # noqa: E402
 from stages.keypoints.config import StageTwoConfig  # noqa: E402
-from stages.keypoints.losses import concentration_loss, rigid_edge_loss, rigid_partner_loss  # noqa: E402
+from stages.keypoints.losses import (  # noqa: E402
+    concentration_loss,
+    coverage_loss,
+    rigid_edge_loss,
+    rigid_partner_loss,
+)
 from stages.keypoints.training import FitJob, fit  # noqa: E402
 from tests.fixtures.stage_two import TINY_STAGE_TWO as TINY  # noqa: E402
 from tests.fixtures.synthetic_caches import render_humanoid_cache  # noqa: E402
@@ -80,6 +85,20 @@ def test_the_concentration_term_is_the_variance_of_each_keypoints_voxel_distribu
     expected = 0.5 * 3 * per_axis
     assert abs(concentration_loss(probabilities, centres, points, 1.0) - expected) < 1e-5
     assert abs(concentration_loss(probabilities, centres, points, 2.0) - expected / 4) < 1e-5
+
+
+def test_the_coverage_term_measures_the_foreground_to_the_nearest_keypoint():
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, 2:4, 2:4] = 1.0  # one 2 x 2 block whose pooled centre is (3, 3)
+    on_it = torch.tensor([[[[3.0, 3.0], [7.0, 7.0]]]])
+    assert coverage_loss(on_it, masks, 2) < 1e-12
+    beside = torch.tensor([[[[3.0, 5.0], [7.0, 1.0]]]], requires_grad=True)
+    value = coverage_loss(beside, masks, 2)
+    assert abs(value - 4.0 / 64) < 1e-6
+    value.backward()
+    # Only the nearest keypoint is pulled, towards the uncovered block.
+    assert beside.grad[0, 0, 1].abs().sum() == 0 and beside.grad[0, 0, 0, 1] > 0
+    assert coverage_loss(on_it, torch.zeros(1, 1, 8, 8), 2) == 0
 
 
 def test_the_rigid_edge_term_charges_only_the_drawn_edges_and_leaves_the_weights_alone():

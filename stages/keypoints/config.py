@@ -49,6 +49,7 @@ _FLOAT_RANGES = (
     ("lambda_outside", 0.0, False),
     ("lambda_rigid", 0.0, False),
     ("lambda_concentration", 0.0, False),
+    ("lambda_coverage", 0.0, False),
     ("rigid_min_distance", 0.0, False),
     ("bend_max_deg", 0.0, False),
     ("edge_sigma", 0.0, True),
@@ -148,6 +149,11 @@ class StageTwoConfig:
     concentration loss): a diffuse distribution puts the soft-argmax between the places it
     weighs, off the body. Sharpened, the keypoints merged onto fewer places and every error
     rose (README, eighteenth screening: not kept). 0: off (the paper's objective)."""
+    lambda_coverage: float = 0.0
+    """Weight of a chamfer term from each view's foreground to the nearest keypoint's
+    projection (squared, in units of the render size): keypoints must cover the body as
+    cluster centres of it, limbs included, rather than mark its furthest points in fixed
+    directions. 0: off (the paper's objective)."""
     lambda_rigid: float = 0.0
     """Weight of a term that asks every keypoint for a rigid partner: another keypoint whose
     distance to it stays the same across the batch's samples (the squared coefficient of

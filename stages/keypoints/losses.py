@@ -24,6 +24,8 @@ from stages.keypoints.model import KeyDiff3DModel
 
 BEND_SOFTNESS = 0.05
 """Width of a bend's blend across its plane, as a share of the volume's half extent."""
+COVERAGE_POOL = 2
+"""Masks are averaged over blocks of this side before the coverage term measures them."""
 
 
 @dataclass
@@ -62,6 +64,28 @@ def outside_loss(edges: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     pose must join two points of one part; an edge between two keypoints that mark fixed
     directions crosses the background in some poses and pays there."""
     return ((edges * (1.0 - masks)) ** 2).mean()
+
+
+def coverage_loss(uv: torch.Tensor, masks: torch.Tensor, pool: int) -> torch.Tensor:
+    """Mean over the foreground of the squared distance to the nearest keypoint's projection.
+
+    A chamfer term from the silhouette to the keypoints, view by view: it is least when the
+    keypoints spread over the whole body as cluster centres of its projections (k-means
+    of the figure seen from every view), with limbs taking their share, and it charges the
+    furthest body points in fixed directions for the body they leave uncovered.
+
+    uv (B, V, N, 2) pixels at render size, a pixel's centre at (j + 0.5, i + 0.5); masks
+    (B, V, H, W) at render size, averaged over `pool` x `pool` blocks first. Distances are in
+    units of the render size. Returns a scalar (0 for empty masks).
+    """
+    size = masks.shape[-1]
+    weights = F.avg_pool2d(masks.flatten(0, 1)[:, None], pool).flatten(1)  # (B * V, h * w)
+    side = size // pool
+    centres = (torch.arange(side, dtype=uv.dtype, device=uv.device) + 0.5) * pool
+    grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2)  # (h * w, 2)
+    squared = (grid[None, :, None] - uv.flatten(0, 1)[:, None]).pow(2).sum(-1)  # (B * V, h * w, N)
+    nearest = squared.min(-1).values / size**2
+    return (weights * nearest).sum() / weights.sum().clamp_min(1e-6)
 
 
 def concentration_loss(
@@ -239,6 +263,8 @@ def training_losses(
     }
     if config.lambda_outside > 0:
         terms["outside"] = config.lambda_outside * outside_loss(edges.float(), masks)
+    if config.lambda_coverage > 0:
+        terms["coverage"] = config.lambda_coverage * coverage_loss(uv.float(), masks, COVERAGE_POOL)
     extent = model.config.volume_half_extent
     if config.lambda_concentration > 0:
         spread = concentration_loss(probabilities, model.voxel_centres.float(), keypoints, extent)
