@@ -96,6 +96,9 @@ def fit_command(
     lambda_concentration: float | None = typer.Option(
         None, help="Weight of the spread of each keypoint's voxel distribution (0: off)."
     ),
+    lambda_coverage: float | None = typer.Option(
+        None, help="Weight of the chamfer term from each view's foreground to the nearest keypoint (0: off)."
+    ),
     structure_heatmaps: bool | None = typer.Option(
         None, help="Feed the decoder each keypoint's heatmap beside the edge map (the paper; off: AutoLink)."
     ),
@@ -150,6 +153,7 @@ def fit_command(
             lambda_outside=lambda_outside,
             lambda_rigid=lambda_rigid,
             lambda_concentration=lambda_concentration,
+            lambda_coverage=lambda_coverage,
             structure_heatmaps=structure_heatmaps,
             adjacency_init=adjacency_init,
             adjacency_lr_scale=adjacency_lr_scale,

@@ -378,7 +378,7 @@ def test_mixed_precision_keeps_the_geometry_in_float32(render_cache):
     assert torch.isfinite(terms["total"]) and model.adjacency.grad is not None
 
 
-def test_bend_outside_and_rigid_terms_are_logged_and_leave_the_first_keypoints_alone(render_cache, tmp_path):
+def test_the_optional_keypoint_terms_are_logged_and_leave_the_first_keypoints_alone(render_cache, tmp_path):
     # The spread prior is on so that the bent pass reads it where its voxels came from.
     spread = {**TINY.to_dict(), "steps": 1, "keypoint_spread": 0.5, "batch_size": 2}
     records = []
@@ -387,15 +387,16 @@ def test_bend_outside_and_rigid_terms_are_logged_and_leave_the_first_keypoints_a
         *variants,
         ("rigid", {"lambda_rigid": 1.0}),
         ("sharp", {"lambda_concentration": 1.0}),
+        ("cover", {"lambda_coverage": 1.0}),
     ):
         fit(FitJob((render_cache,), tmp_path / name, StageTwoConfig(**{**spread, **extra})))
         records.append(losses(tmp_path / name)[0])
-    base, bend, outside, rigid, sharp = records
+    base, bend, outside, rigid, sharp, cover = records
     # Their draws come after the keypoints', so the first step's keypoints are the base's.
-    assert base["mask"] == bend["mask"] == outside["mask"] == rigid["mask"] == sharp["mask"]
+    assert base["mask"] == bend["mask"] == outside["mask"] == rigid["mask"] == sharp["mask"] == cover["mask"]
     assert 0 < bend["bend"] < 1 and 0 < outside["outside"] < outside["mask"] / 0.5
-    assert 0 < rigid["rigid"] < 1 and 0 < sharp["concentration"] < 3
-    assert not {"bend", "outside", "rigid", "concentration"} & set(base)
+    assert 0 < rigid["rigid"] < 1 and 0 < sharp["concentration"] < 3 and 0 < cover["coverage"] < 1
+    assert not {"bend", "outside", "rigid", "concentration", "coverage"} & set(base)
 
 
 def test_without_structure_heatmaps_the_decoder_reads_the_edge_map_alone(render_cache, tmp_path):
