@@ -1,5 +1,6 @@
 """Stage two's geometric terms on the keypoints: rigid partners, rigid edges, a stick
-skeleton and the concentration of the voxel distributions (all off by default)."""
+skeleton, the concentration of the voxel distributions and the coverage of the body
+(all off by default)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from stages.keypoints.augment import (
     turn_pixels,
 )
 from stages.keypoints.bend import bend_sources, bend_volume, random_bends
+from stages.keypoints.checks import pixel_centres
 from stages.keypoints.config import APPEARANCE_GRID, StageTwoConfig
 from stages.keypoints.model import KeyDiff3DModel
 
@@ -76,15 +77,14 @@ def coverage_loss(uv: torch.Tensor, masks: torch.Tensor, pool: int) -> torch.Ten
 
     uv (B, V, N, 2) pixels at render size, a pixel's centre at (j + 0.5, i + 0.5); masks
     (B, V, H, W) at render size, averaged over `pool` x `pool` blocks first. Distances are in
-    units of the render size. Returns a scalar (0 for empty masks).
+    units of the render's width. Returns a scalar (0 for empty masks).
     """
-    size = masks.shape[-1]
+    height, width = masks.shape[-2:]
     weights = F.avg_pool2d(masks.flatten(0, 1)[:, None], pool).flatten(1)  # (B * V, h * w)
-    side = size // pool
-    centres = (torch.arange(side, dtype=uv.dtype, device=uv.device) + 0.5) * pool
-    grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2)  # (h * w, 2)
+    u, v = pixel_centres(height // pool, width // pool, uv)
+    grid = torch.stack(torch.meshgrid(u * pool, v * pool, indexing="xy"), -1).reshape(-1, 2)  # (h * w, 2)
     squared = (grid[None, :, None] - uv.flatten(0, 1)[:, None]).pow(2).sum(-1)  # (B * V, h * w, N)
-    nearest = squared.min(-1).values / size**2
+    nearest = squared.min(-1).values / width**2
     return (weights * nearest).sum() / weights.sum().clamp_min(1e-6)
 
 
